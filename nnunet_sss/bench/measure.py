@@ -1,0 +1,240 @@
+"""Measure any segmentation network: parameters, FLOPs, peak training memory, train-step time.
+
+One function, `measure_network`, used by `python -m nnunet_sss.bench.network` and by the
+compare tool. It knows nothing of nnU-Net: give it a module, the input shape of one sample
+(channels first, no batch) and the batch size.
+
+How each number is taken (so that two networks measured the same way compare fairly):
+- parameters: trainable parameters (`requires_grad`).
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward (and one forward+backward)
+  of one batch. It counts matmuls and convolutions (2 FLOPs per multiply-add); elementwise
+  ops, norms, grid_sample and custom ops without a registered formula count 0.
+- peak training memory: the extra memory one forward+backward (gradients included, from
+  `set_to_none` gradients) needs above the model and the input batch. On CUDA,
+  `torch.cuda.max_memory_allocated` after a reset. On CPU there is no allocator peak
+  counter, so the step runs in a fresh Python subprocess (no allocator cache left over from
+  earlier work) that resets the kernel's resident-set high-water mark (`/proc/self/clear_refs`)
+  and reports VmHWM minus the resident set just before the step; without clear_refs it falls
+  back to `ru_maxrss`. The figure includes allocator fragmentation and one-time workspaces,
+  as a real training process would.
+- step time: median wall time of full train steps (forward, loss over every output, backward,
+  SGD step, zero_grad) after warm-up steps; CUDA is synchronised around each step.
+The loss is cross-entropy against random labels for each output (deep-supervision lists: one
+term per output at that output's resolution), which costs the same as nnU-Net's loss up to
+the Dice term's elementwise work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class NetworkMeasurement:
+    """What `measure_network` returns; `as_dict()` gives JSON-ready numbers."""
+
+    input_shape: tuple            # (channels, *spatial), one sample
+    batch_size: int
+    device: str
+    amp: bool
+    params: int
+    flops_forward: Optional[int] = None        # one forward of one batch
+    flops_train: Optional[int] = None          # one forward + backward of one batch
+    peak_memory_bytes: Optional[int] = None    # extra memory of one forward+backward
+    memory_method: Optional[str] = None        # "cuda_max_allocated" | "subprocess_vmhwm" | ...
+    step_time_s: Optional[float] = None        # median train-step time
+    step_times_s: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_network(
+    network: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    steps: int = 5,
+    warmup: int = 2,
+    amp: Optional[bool] = None,
+    flops: bool = True,
+    memory: bool = True,
+    timing: bool = True,
+    seed: int = 0,
+) -> NetworkMeasurement:
+    """Measure `network` for inputs of shape (batch_size, *input_shape).
+
+    input_shape: (channels, *spatial) of one sample, e.g. (1, 40, 56, 40).
+    device: where to run; the network is moved there (and left there, in train mode).
+    steps / warmup: timed and untimed train steps for the median step time.
+    amp: fp16 autocast as nnU-Net uses it; None = on for CUDA, off for CPU.
+    flops / memory / timing: switch each measurement off to save time.
+    The network may return a tensor or a list/tuple of tensors (deep supervision).
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) < 2:
+        raise ValueError(f"input_shape must be (channels, *spatial) of one sample, got {input_shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    if amp is None:
+        amp = device.type == "cuda"
+    network = network.to(device).train()
+    result = NetworkMeasurement(
+        input_shape=input_shape, batch_size=int(batch_size), device=str(device), amp=bool(amp),
+        params=sum(p.numel() for p in network.parameters() if p.requires_grad),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch_size, *input_shape), generator=gen).to(device)
+    if flops:
+        result.flops_forward, result.flops_train = _count_flops(network, x, amp)
+    if memory:
+        if device.type == "cuda":
+            result.peak_memory_bytes, result.memory_method = _cuda_peak_memory(network, x, amp), "cuda_max_allocated"
+        else:
+            result.peak_memory_bytes, result.memory_method = _cpu_peak_memory(network, x, amp)
+    if timing:
+        saved = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        result.step_times_s = _time_steps(network, x, amp, steps, warmup, seed)
+        result.step_time_s = statistics.median(result.step_times_s)
+        network.load_state_dict(saved)  # the timed SGD steps leave the caller's weights as they were
+    return result
+
+
+def _outputs(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _targets(outs, seed):
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [torch.randint(0, o.shape[1], (o.shape[0], *o.shape[2:]), generator=gen).to(o.device) for o in outs]
+
+
+def _loss(out, targets=None, seed=0):
+    outs = _outputs(out)
+    if targets is None:
+        targets = _targets(outs, seed)
+    return sum(nn.functional.cross_entropy(o.float(), t) for o, t in zip(outs, targets))
+
+
+def _autocast(device, amp):
+    return torch.autocast(device.type, dtype=torch.float16, enabled=bool(amp))
+
+
+def _forward_backward(network, x, amp):
+    with _autocast(x.device, amp):
+        out = network(x)
+    _loss(out).backward()
+
+
+def _count_flops(network, x, amp):
+    network.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), _autocast(x.device, amp):
+            network(x)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        _forward_backward(network, x, amp)
+    network.zero_grad(set_to_none=True)
+    return int(forward), int(counter.get_total_flops())
+
+
+def _cuda_peak_memory(network, x, amp):
+    _forward_backward(network, x, amp)  # warm-up: cuDNN workspaces, autotuning
+    network.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    before = torch.cuda.memory_allocated(x.device)
+    _forward_backward(network, x, amp)
+    torch.cuda.synchronize(x.device)
+    peak = torch.cuda.max_memory_allocated(x.device) - before
+    network.zero_grad(set_to_none=True)
+    return int(peak)
+
+
+def _cpu_peak_memory(network, x, amp):
+    """Run one forward+backward in a fresh subprocess; return (bytes, method)."""
+    with tempfile.TemporaryDirectory(prefix="nnunet_sss_measure_") as tmp:
+        path = os.path.join(tmp, "job.pt")
+        try:
+            network.zero_grad(set_to_none=True)
+            torch.save({"network": network, "x": x.cpu(), "amp": amp}, path)
+        except Exception as exc:  # a network that cannot be pickled: measure here, and say so
+            warnings.warn(f"measure_network: the network cannot be pickled ({exc!r}); peak memory is "
+                          "measured in this process, where cached allocator memory can hide part of it")
+            return _rss_peak_of_step(network, x, amp)
+        env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import sys; from {__name__} import _child; _child(sys.argv[1])", path],
+            capture_output=True, text=True, env=env,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"measure_network: the memory subprocess failed:\n{proc.stderr[-4000:]}")
+        reply = json.loads(proc.stdout.strip().splitlines()[-1])
+        return reply["peak"], "subprocess_" + reply["method"]
+
+
+def _child(path):
+    job = torch.load(path, weights_only=False)
+    network, x, amp = job["network"].train(), job["x"], job["amp"]
+    print(json.dumps(dict(zip(("peak", "method"), _rss_peak_of_step(network, x, amp)))))
+
+
+def _read_status_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _rss_peak_of_step(network, x, amp):
+    """Resident-set growth of one forward+backward in this process: (bytes, method)."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+        before, method = _read_status_kib("VmRSS"), "vmhwm"
+    except OSError:
+        before, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+    _forward_backward(network, x, amp)
+    after = _read_status_kib("VmHWM") if method == "vmhwm" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    network.zero_grad(set_to_none=True)
+    return int(max(after - before, 0) * 1024), method
+
+
+def _time_steps(network, x, amp, steps, warmup, seed):
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    with torch.no_grad(), _autocast(x.device, amp):
+        targets = _targets(_outputs(network(x)), seed)
+    times = []
+    for i in range(warmup + steps):
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
+        with _autocast(x.device, amp):
+            out = network(x)
+        _loss(out, targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
