@@ -1,0 +1,43 @@
+"""RWKV-SSS size presets: the network's own options; widths, kernels and strides come from the plans.
+
+A preset never names the stage count, so one preset fits any configuration (2d, 3d_fullres,
+3d_lowres, cascade) and any dataset. The option names are those of `RWKVSSSUNet`
+(docs/ARCHITECTURE.md, "The network constructor").
+"""
+from types import MappingProxyType
+
+# Every RWKV-SSS option, with the network's default. The plans writer writes all of them, so a
+# plans file states the whole network and the stock nnUNetTrainer rebuilds exactly it.
+NETWORK_DEFAULTS = MappingProxyType({
+    "use_rwkv": True,
+    "rwkv_depths": 1,
+    "local_window": 8,
+    "global_window": 32,
+    "scan": "stage",
+    "shift": "window",
+    "wkv_pool": (2,),
+    "hidden_ratio": 2,
+    "upsample": "dynamic",
+})
+
+# S is the network's defaults (one Stage-Scan block per stage, the block taking the place of the
+# plans' second conv). M doubles the blocks and lets the global block see the whole map. L adds
+# a third block, pools K/V in the two largest stages and widens the channel mix.
+PRESETS = MappingProxyType({
+    "S": MappingProxyType(dict(NETWORK_DEFAULTS)),
+    "M": MappingProxyType({**NETWORK_DEFAULTS, "rwkv_depths": 2, "global_window": None}),
+    "L": MappingProxyType({**NETWORK_DEFAULTS, "rwkv_depths": 3, "global_window": None,
+                           "wkv_pool": (2, 2), "hidden_ratio": 4}),
+})
+
+DEFAULT_PRESET = "S"
+
+
+def preset_options(name: str = DEFAULT_PRESET, **overrides) -> dict:
+    """The options of preset `name` with `overrides` applied; unknown names raise, naming them."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown RWKV-SSS preset {name!r}; choose one of {sorted(PRESETS)}")
+    unknown = sorted(set(overrides) - set(NETWORK_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown RWKV-SSS option(s) {unknown}; known: {sorted(NETWORK_DEFAULTS)}")
+    return {**PRESETS[name], **overrides}

@@ -1,0 +1,126 @@
+"""plans/: presets, the architecture conversion and the plans writer."""
+import argparse
+import json
+
+import pytest
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+import nnunet_sss
+from nnunet_sss.plans import (NETWORK_DEFAULTS, PRESETS, RWKVSSS_CLASS_NAME, preset_options,
+                              rwkvsss_architecture, rwkvsss_options)
+from nnunet_sss.plans import writer
+from nnunet_sss.plans.architecture import SHARED_KWARGS
+from nnunet_sss.training import nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_rasterScan
+
+from .handwritten_plans import handwritten_plans, plain_architecture, resenc_architecture
+
+
+def test_presets_state_every_option_and_differ():
+    for name, options in PRESETS.items():
+        assert set(options) == set(NETWORK_DEFAULTS), name
+    assert dict(PRESETS["S"]) == dict(NETWORK_DEFAULTS)
+    assert len({json.dumps(dict(o), sort_keys=True) for o in PRESETS.values()}) == len(PRESETS)
+    assert preset_options("M", scan="raster")["scan"] == "raster"
+    with pytest.raises(ValueError, match="XL"):
+        preset_options("XL")
+    with pytest.raises(ValueError, match="windoww"):
+        preset_options("S", windoww=3)
+
+
+def test_plain_architecture_keeps_layout_and_adds_options():
+    source = plain_architecture(3, [(1, 1, 1), (1, 2, 2), (2, 2, 2)])
+    arch = rwkvsss_architecture(source, preset_options("L"))
+    assert arch["network_class_name"] == RWKVSSS_CLASS_NAME
+    kwargs = arch["arch_kwargs"]
+    for key in source["arch_kwargs"]:
+        assert kwargs[key] == source["arch_kwargs"][key], key
+    assert rwkvsss_options(arch) == json.loads(json.dumps(preset_options("L")))
+    assert list(kwargs)[: len(source["arch_kwargs"])] == [k for k in SHARED_KWARGS if k in kwargs]
+    assert arch["_kw_requires_import"] == source["_kw_requires_import"]
+    assert json.loads(json.dumps(arch)) == arch  # what is built in memory equals what plans files hold
+
+
+def test_resenc_architecture_maps_encoder_depth():
+    source = resenc_architecture(3, [(1, 1, 1), (2, 2, 2), (2, 2, 2)])
+    kwargs = rwkvsss_architecture(source, preset_options())["arch_kwargs"]
+    assert kwargs["n_conv_per_stage"] == source["arch_kwargs"]["n_blocks_per_stage"]
+    assert "n_blocks_per_stage" not in kwargs
+
+
+def test_rwkvsss_architecture_keeps_its_options_under_new_ones():
+    first = rwkvsss_architecture(plain_architecture(2, [(1, 1), (2, 2)]), preset_options("M"))
+    again = rwkvsss_architecture(first, {"scan": "raster"})
+    assert rwkvsss_options(again) == {**rwkvsss_options(first), "scan": "raster"}
+
+
+def test_unknown_architecture_is_refused_by_name():
+    source = plain_architecture(2, [(1, 1), (2, 2)])
+    source["network_class_name"] = "somewhere.Primus"
+    source["arch_kwargs"]["embed_dim"] = 864
+    with pytest.raises(ValueError, match="embed_dim"):
+        rwkvsss_architecture(source, {})
+    with pytest.raises(ValueError, match="wkv_pol"):
+        rwkvsss_architecture(plain_architecture(2, [(1, 1), (2, 2)]), {"wkv_pol": (1,)})
+
+
+def _dataset_json(workspace):
+    return json.loads((workspace.dataset_preprocessed / "dataset.json").read_text())
+
+
+def test_plans_command_writes_rwkvsss_plans_that_reuse_preprocessed_data(hippocampus_subset, rwkvsss_network,
+                                                                         monkeypatch, tmp_path):
+    folder = hippocampus_subset.dataset_preprocessed
+    monkeypatch.setenv("nnUNet_preprocessed", str(hippocampus_subset.preprocessed))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    parser = argparse.ArgumentParser()
+    writer.register(parser.add_subparsers())
+    args = parser.parse_args(["plans", "-d", "4", "--preset", "M", "--set", "global_window=16",
+                              "--set", "wkv_pool=[1]", "-o", "nnUNetPlans_test_M"])
+    assert args.func(args) == 0
+
+    source = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans = json.loads((folder / "nnUNetPlans_test_M.json").read_text())
+    assert plans["plans_name"] == "nnUNetPlans_test_M"
+    expected_options = {**json.loads(json.dumps(preset_options("M"))), "global_window": 16, "wkv_pool": [1]}
+    for name, conf in plans["configurations"].items():
+        src = source["configurations"][name]
+        assert conf["data_identifier"] == src["data_identifier"]  # same preprocessed folder: no re-preprocessing
+        assert (folder / conf["data_identifier"]).is_dir()
+        arch = conf["architecture"]
+        assert arch["network_class_name"] == RWKVSSS_CLASS_NAME
+        assert rwkvsss_options(arch) == expected_options  # every option stated
+        assert {k: arch["arch_kwargs"][k] for k in src["architecture"]["arch_kwargs"]} == \
+            src["architecture"]["arch_kwargs"]
+        assert {k: v for k, v in conf.items() if k != "architecture"} == \
+            {k: v for k, v in src.items() if k != "architecture"}
+
+    # The stock trainer builds RWKV-SSS from these plans, and finds their preprocessed data.
+    plans["continue_training"] = False
+    trainer = nnUNetTrainer(plans, "2d", 0, _dataset_json(hippocampus_subset), device=torch.device("cpu"))
+    assert trainer.preprocessed_dataset_folder == str(folder / "nnUNetPlans_2d")
+    network = nnUNetTrainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3,
+                                                       True)
+    assert type(network) is rwkvsss_network
+    # RWKV-SSS trainers keep the plans' options; an ablation changes only its own.
+    conf = PlansManager(plans).get_configuration("3d_fullres")
+    assert rwkvsss_options(nnUNetTrainerRWKVSSS.network_architecture(conf)) == expected_options
+    assert rwkvsss_options(nnUNetTrainerRWKVSSS_rasterScan.network_architecture(conf)) == \
+        {**expected_options, "scan": "raster"}
+
+
+def test_plans_writer_refuses_missing_plans_and_overwriting(tmp_path):
+    (tmp_path / "Dataset004_Hippocampus").mkdir()
+    with pytest.raises(FileNotFoundError, match="nnUNetv2_plan_and_preprocess"):
+        writer.write_rwkvsss_plans("4", preprocessed_folder=str(tmp_path))
+    (tmp_path / "Dataset004_Hippocampus" / "nnUNetPlans.json").write_text(json.dumps(handwritten_plans()))
+    with pytest.raises(ValueError, match="overwrite"):
+        writer.write_rwkvsss_plans("4", plans_name="nnUNetPlans", preprocessed_folder=str(tmp_path))
+    path = writer.write_rwkvsss_plans("Dataset004_Hippocampus", preset="L", preprocessed_folder=str(tmp_path))
+    plans = json.loads(open(path).read())
+    assert path.endswith("nnUNetPlans_RWKVSSS_L.json")
+    # the cascade inherits its architecture from 3d_fullres, so it is RWKV-SSS too
+    assert "architecture" not in plans["configurations"]["3d_cascade_fullres"]
+    cascade = PlansManager(plans).get_configuration("3d_cascade_fullres")
+    assert cascade.network_arch_class_name == RWKVSSS_CLASS_NAME

@@ -1,0 +1,86 @@
+"""nnU-Net finds the package's trainers through nnUNet_extTrainer; `nnunet-sss env` sets it up."""
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from nnunet_sss import env as sss_env
+from nnunet_sss.training import TRAINERS
+
+BIN = os.path.dirname(sys.executable)
+
+
+def test_ext_lookup_returns_the_package_classes(monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_extTrainer", sss_env.ext_trainer_folder())
+    for name, cls in TRAINERS.items():
+        found = recursive_find_trainer_class_by_name(name)
+        assert found is cls, name  # the very class of nnunet_sss.training, not a copy from the ext folder
+        assert found.__module__.startswith("nnunet_sss.training.")
+        assert pickle.loads(pickle.dumps(found)) is cls
+    # nnU-Net drops what it imported from the ext folder; the package's classes are unaffected
+    assert "nnunet_sss_trainers" not in sys.modules
+    assert recursive_find_trainer_class_by_name("nnUNetTrainerRWKVSSS") is TRAINERS["nnUNetTrainerRWKVSSS"]
+
+
+def test_stock_trainers_still_resolve_with_the_variable_set(monkeypatch):
+    monkeypatch.setenv("nnUNet_extTrainer", sss_env.ext_trainer_folder())
+    for name in ("nnUNetTrainer", "nnUNetTrainerNoMirroring", "nnUNetTrainer_5epochs"):
+        found = recursive_find_trainer_class_by_name(name)
+        assert found.__name__ == name and found.__module__.startswith("nnunetv2.training.nnUNetTrainer")
+
+
+def test_lookup_without_the_variable_names_it(monkeypatch):
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    with pytest.raises(RuntimeError, match="nnUNet_extTrainer"):
+        recursive_find_trainer_class_by_name("nnUNetTrainerRWKVSSS")
+    with pytest.raises(RuntimeError, match="(?s)nnUNet_extTrainer is not set.*export nnUNet_extTrainer="):
+        sss_env.require_ext_trainer({})
+
+
+def test_ext_folder_holds_only_thin_reexports():
+    folder = sss_env.ext_trainer_folder()
+    modules = sorted(f for f in os.listdir(folder) if f.endswith(".py"))
+    assert modules == ["__init__.py", "nnunet_sss_trainers.py"]
+    text = open(os.path.join(folder, "nnunet_sss_trainers.py")).read()
+    assert "class " not in text and "from nnunet_sss.training import *" in text
+
+
+def _env_command(*args, **environ):
+    """`nnunet-sss env ...` as a user runs it, in an environment without any nnUNet_extTrainer."""
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env.update(environ)
+    return subprocess.run([os.path.join(BIN, "nnunet-sss"), "env", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_env_prints_only_the_export_line_and_eval_sets_it():
+    result = _env_command()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"export nnUNet_extTrainer={sss_env.ext_trainer_folder()}\n"
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    shell = subprocess.run(["bash", "-c", f'eval "$({BIN}/nnunet-sss env)" && echo "$nnUNet_extTrainer"'],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert shell.stdout.strip() == sss_env.ext_trainer_folder()
+
+
+def test_env_check_fails_naming_the_variable_when_unset_or_elsewhere(tmp_path):
+    for environ in ({}, {"nnUNet_extTrainer": str(tmp_path)}):
+        result = _env_command("--check", **environ)
+        assert result.returncode == 1
+        assert "nnUNet_extTrainer" in result.stderr
+        assert f"export nnUNet_extTrainer={sss_env.ext_trainer_folder()}" in result.stderr
+    ok = _env_command("--check", nnUNet_extTrainer=os.pathsep.join([str(tmp_path), sss_env.ext_trainer_folder()]))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_export_line_keeps_other_trainer_folders(tmp_path):
+    ours = sss_env.ext_trainer_folder()
+    assert sss_env.export_value({"nnUNet_extTrainer": str(tmp_path)}) == os.pathsep.join([ours, str(tmp_path)])
+    both = os.pathsep.join([str(tmp_path), ours])
+    assert sss_env.export_value({"nnUNet_extTrainer": both}) == both  # already listed: unchanged
+    assert sss_env.problem({"nnUNet_extTrainer": both}) is None
+    spaced = tmp_path / "a folder"
+    assert sss_env.export_line({"nnUNet_extTrainer": str(spaced)}).endswith(f"'{ours}{os.pathsep}{spaced}'")

@@ -1,0 +1,192 @@
+"""The trainer family: networks from every kind of configuration, ablations, schedules, optimiser."""
+import json
+import math
+
+import pytest
+import torch
+import torch.distributed
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_sss.plans import preset_options, rwkvsss_options
+from nnunet_sss.training import ABLATIONS, SCHEDULES, TRAINERS, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
+from nnunet_sss.training.optim import WarmupPolyLRScheduler, adamw_param_groups, warmup_poly_lr
+
+from .handwritten_plans import DATASET_JSON, handwritten_plans
+
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres", "3d_resenc")
+
+
+def _build(trainer_class, configuration, deep_supervision=True):
+    plans_manager = PlansManager(handwritten_plans())
+    conf = plans_manager.get_configuration(configuration)
+    n_in = determine_num_input_channels(plans_manager, conf, DATASET_JSON)
+    n_out = plans_manager.get_label_manager(DATASET_JSON).num_segmentation_heads
+    return trainer_class.build_network_architecture(plans_manager, conf, n_in, n_out, deep_supervision), conf, n_in
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_builds_rwkvsss_for_every_kind_of_configuration(configuration, rwkvsss_network):
+    network, conf, n_in = _build(nnUNetTrainerRWKVSSS, configuration)
+    assert type(network) is rwkvsss_network
+    assert n_in == (3 if configuration == "3d_cascade_fullres" else 1)  # cascade: image + 2 foreground labels
+    x = torch.randn(1, n_in, *conf.patch_size)
+    with torch.no_grad():
+        outputs = network(x)
+        assert isinstance(outputs, (list, tuple)) and len(outputs) == len(conf.pool_op_kernel_sizes) - 1
+        assert outputs[0].shape == (1, 3, *conf.patch_size)  # deep supervision: full resolution first
+        network.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
+        assert network(x).shape == (1, 3, *conf.patch_size)
+
+
+def test_default_trainer_uses_the_default_preset():
+    _, conf, _ = _build(nnUNetTrainerRWKVSSS, "3d_fullres")
+    assert rwkvsss_options(nnUNetTrainerRWKVSSS.network_architecture(conf)) == json.loads(json.dumps(preset_options()))
+
+
+@pytest.mark.parametrize("suffix", sorted(ABLATIONS))
+def test_each_ablation_changes_exactly_its_option(suffix, rwkvsss_network):
+    option, _ = ABLATIONS[suffix]
+    for name in (f"nnUNetTrainerRWKVSSS_{suffix}", f"nnUNetTrainerRWKVSSS_{suffix}_cpubudget"):
+        trainer_class = TRAINERS[name]
+        _, conf, _ = _build(trainer_class, "3d_fullres")
+        default = rwkvsss_options(nnUNetTrainerRWKVSSS.network_architecture(conf))
+        ablated = rwkvsss_options(trainer_class.network_architecture(conf))
+        changed = {k: v for k, v in ablated.items() if default[k] != v}
+        assert changed == {k: list(v) if isinstance(v, tuple) else v for k, v in option.items()}, name
+    network, _, _ = _build(TRAINERS[f"nnUNetTrainerRWKVSSS_{suffix}"], "3d_fullres")
+    assert type(network) is rwkvsss_network
+
+
+def test_no_generated_name_shadows_or_is_shadowed_by_nnunet():
+    """nnU-Net searches its own package before nnUNet_extTrainer: a clash would hide ours."""
+    import os
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+    for name in TRAINERS:
+        assert "__" not in name
+        assert recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer") is None, name
+    expected = {f"{base}_{suffix}" for base in ("nnUNetTrainer", "nnUNetTrainerRWKVSSS", "nnUNetTrainerRWKVSSS_SGD",
+                                                 *(f"nnUNetTrainerRWKVSSS_{a}" for a in ABLATIONS))
+                for suffix in SCHEDULES}
+    assert expected <= set(TRAINERS)
+
+
+@pytest.fixture
+def results_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+
+
+def _trainer(trainer_class, configuration):
+    plans = handwritten_plans()
+    plans["continue_training"] = False
+    return trainer_class(plans, configuration, 0, DATASET_JSON, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name,configuration,batch", [
+    ("nnUNetTrainer_cpubudget", "3d_fullres", 2), ("nnUNetTrainerRWKVSSS_cpubudget", "2d", 32),
+    ("nnUNetTrainerRWKVSSS_noRWKV_cpubudget", "3d_cascade_fullres", 2), ("nnUNetTrainerRWKVSSS_SGD_smoke", "2d", 8),
+])
+def test_schedule_reaches_everything_derived_from_it(name, configuration, batch, results_env, monkeypatch):
+    trainer = _trainer(TRAINERS[name], configuration)
+    schedule = SCHEDULES[name.rsplit("_", 1)[1]]
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch,
+            trainer.save_every) == (schedule.epochs, schedule.iterations, schedule.val_iterations, schedule.save_every)
+    assert trainer.configuration_manager.batch_size == batch  # logged as hparas, used for the DDP split
+    assert PlansManager(trainer.plans_manager.plans).get_configuration(configuration).batch_size == batch  # plans.json
+    assert trainer.my_init_kwargs["plans"]["configurations"][configuration]["batch_size"] == batch  # checkpoint
+    trainer._set_batch_size_and_oversample()
+    assert trainer.batch_size == batch
+    # Under DDP nnU-Net splits the configuration's batch size over the workers.
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda *a, r=rank: r)
+        trainer = _trainer(TRAINERS[name], configuration)
+        trainer.is_ddp = True
+        trainer._set_batch_size_and_oversample()
+        per_rank.append(trainer.batch_size)
+    assert sum(per_rank) == batch
+    # the plans handed in are not changed (nnU-Net reuses them, e.g. for the next fold)
+    assert handwritten_plans()["configurations"]["2d"]["batch_size"] == 12
+
+
+def test_long_schedule_checkpoints_for_resume(results_env):
+    """A 1000-epoch run keeps nnU-Net's checkpoint_latest every 50 epochs, so a crash in epoch 80
+    resumes from epoch 50 with --c (the schedule is a function of the epoch)."""
+    trainer = _trainer(nnUNetTrainerRWKVSSS, "3d_fullres")
+    assert trainer.num_epochs == 1000 and trainer.save_every == 50
+    assert not trainer.disable_checkpointing
+
+
+def test_adamw_groups_exempt_norms_biases_and_bare_parameters():
+    network, _, _ = _build(nnUNetTrainerRWKVSSS, "3d_fullres")
+    network.register_parameter("wkv_decay_like", torch.nn.Parameter(torch.zeros(8)))  # a bare per-channel parameter
+    decay, no_decay = adamw_param_groups(network, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert sorted(ids) == sorted(id(p) for p in network.parameters())  # each exactly once
+    convs_and_linears = {id(m.weight) for m in network.modules()
+                         if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))}
+    assert {id(p) for p in decay["params"]} == convs_and_linears
+    assert id(network.wkv_decay_like) in {id(p) for p in no_decay["params"]}
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)]
+    assert norms and all(id(m.weight) not in convs_and_linears for m in norms)
+
+
+def test_warmup_poly_curve():
+    lrs = [warmup_poly_lr(e, 1e-3, 20, 2.0) for e in (0, 0.5, 1, 2, 11, 19, 20)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-3)
+    assert lrs[3] > lrs[4] > lrs[5] > lrs[6] == 0.0
+    assert lrs[4] == pytest.approx(1e-3 * 0.5 ** 0.9)
+
+
+def _lrs_of_epoch(trainer, monkeypatch):
+    """Run the trainer's epoch start and train steps with nnU-Net's step replaced by an lr probe."""
+    seen = []
+    monkeypatch.setattr(nnUNetTrainer, "train_step", lambda self, batch: seen.append(
+        self.optimizer.param_groups[0]["lr"]) or {})
+    monkeypatch.setattr(type(trainer.logger), "log", lambda *a, **k: None)
+    trainer.on_train_epoch_start()
+    for _ in range(trainer.num_iterations_per_epoch):
+        trainer.train_step({})
+    return seen
+
+
+def test_trainer_warms_up_per_iteration_and_resumes_on_the_same_curve(results_env, monkeypatch):
+    def fresh(epoch):
+        trainer = _trainer(TRAINERS["nnUNetTrainerRWKVSSS_cpubudget"], "3d_fullres")
+        trainer.network, _, _ = _build(nnUNetTrainerRWKVSSS, "3d_fullres")
+        trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+        trainer.current_epoch = epoch
+        return trainer
+
+    trainer = fresh(0)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and len(trainer.optimizer.param_groups) == 2
+    assert trainer.lr_scheduler.warmup_epochs == 1.0  # 5 % of 20 epochs, at least one
+    run = []
+    for epoch in range(3):
+        run.append(_lrs_of_epoch(trainer, monkeypatch))
+        trainer.current_epoch += 1
+    iters = trainer.num_iterations_per_epoch
+    assert run[0] == pytest.approx([warmup_poly_lr(i / iters, 1e-3, 20, 1.0) for i in range(iters)])
+    assert run[0] == sorted(run[0]) and run[0][0] < run[0][-1] < 1e-3
+    assert len(set(run[1])) == 1 and run[1][0] == pytest.approx(1e-3)  # poly decay steps per epoch
+    assert run[2][0] == pytest.approx(warmup_poly_lr(2, 1e-3, 20, 1.0))
+    resumed = fresh(2)  # what --c rebuilds: a new trainer at the checkpoint's epoch
+    assert _lrs_of_epoch(resumed, monkeypatch) == pytest.approx(run[2])
+
+
+def test_sgd_variant_keeps_nnunets_schedule(results_env):
+    trainer = _trainer(nnUNetTrainerRWKVSSS_SGD, "2d")
+    trainer.network, _, _ = _build(nnUNetTrainerRWKVSSS_SGD, "2d")
+    optimizer, scheduler = trainer.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and isinstance(scheduler, PolyLRScheduler)
+    assert optimizer.param_groups[0]["lr"] == 1e-2 and optimizer.param_groups[0]["momentum"] == 0.99
+    assert not isinstance(scheduler, WarmupPolyLRScheduler)
+    assert math.isclose(trainer.weight_decay, 3e-5)
