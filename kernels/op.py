@@ -22,7 +22,6 @@ from torch import Tensor
 from . import torch_scan
 
 BACKENDS = ("torch", "cpp", "triton")
-_CPP_READY = False  # TEMPORARY until the C++ scan lands
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -61,7 +60,7 @@ def _resolve(backend: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "triton" if _triton_module() is not None else "torch"
         if device.type == "cpu":
-            return "cpp" if _CPP_READY and _cpp_module() is not None else "torch"
+            return "cpp" if _cpp_module() is not None else "torch"
         return "torch"
     if backend == "cpp":
         if device.type != "cpu":
@@ -87,8 +86,12 @@ def _check_lengths(lengths: Optional[Tensor], t_max: int):
 
 @torch.library.custom_op("nnunet_sss::bi_wkv_forward", mutates_args=())
 def _forward_op(k: Tensor, v: Tensor, w: Tensor, u: Tensor, lengths: Optional[Tensor],
-                backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, den, key max), all float32; y and den are (N, T, C), the key max (N, C)."""
+                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, y - centre, den, key max, centre), float32: (N, T, C) x 3 and (N, C) x 2.
+
+    The centre is v at the key max of each (sequence, channel); the backward works with
+    y - centre, which stays precise where one token dominates and y is close to its value.
+    """
     _check_lengths(lengths, k.shape[1])
     name = _resolve(backend, k.device)
     with torch.autocast(k.device.type, enabled=False):
@@ -103,24 +106,25 @@ def _forward_op(k: Tensor, v: Tensor, w: Tensor, u: Tensor, lengths: Optional[Te
 def _(k, v, w, u, lengths, backend):
     n_seq, t_max, chans = k.shape
     y = k.new_empty((n_seq, t_max, chans), dtype=torch.float32)
-    return y, torch.empty_like(y), k.new_empty((n_seq, chans), dtype=torch.float32)
+    k_max = k.new_empty((n_seq, chans), dtype=torch.float32)
+    return y, torch.empty_like(y), torch.empty_like(y), k_max, torch.empty_like(k_max)
 
 
 @torch.library.custom_op("nnunet_sss::bi_wkv_backward", mutates_args=())
 def _backward_op(grad_y: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, lengths: Optional[Tensor],
-                 y: Tensor, den: Tensor, k_max: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                 yc: Tensor, den: Tensor, k_max: Tensor, centre: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Float32 gradients for k, v, w, u."""
     name = _resolve(backend, k.device)
     with torch.autocast(k.device.type, enabled=False):
         if name == "cpp":
-            return tuple(_cpp_module().backward(grad_y, k, v, w, u, lengths, y, den, k_max))
+            return tuple(_cpp_module().backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre))
         if name == "triton":
-            return tuple(_triton_module().backward(grad_y, k, v, w, u, lengths, y, den, k_max))
+            return tuple(_triton_module().backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre))
         return torch_scan.backward(grad_y, k, v, w, u, lengths)
 
 
 @_backward_op.register_fake
-def _(grad_y, k, v, w, u, lengths, y, den, k_max, backend):
+def _(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, backend):
     grad_k = k.new_empty(k.shape, dtype=torch.float32)
     return grad_k, torch.empty_like(grad_k), w.new_empty(w.shape, dtype=torch.float32), \
         u.new_empty(u.shape, dtype=torch.float32)
@@ -128,15 +132,15 @@ def _(grad_y, k, v, w, u, lengths, y, den, k_max, backend):
 
 def _setup_context(ctx, inputs, output):
     k, v, w, u, lengths, backend = inputs
-    y, den, k_max = output
+    _, yc, den, k_max, centre = output
     ctx.backend = backend
     ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype)
-    ctx.save_for_backward(k, v, w, u, lengths, y, den, k_max)
+    ctx.save_for_backward(k, v, w, u, lengths, yc, den, k_max, centre)
 
 
-def _backward(ctx, grad_y, grad_den, grad_k_max):
-    k, v, w, u, lengths, y, den, k_max = ctx.saved_tensors
-    grads = _backward_op(grad_y.contiguous(), k, v, w, u, lengths, y, den, k_max, ctx.backend)
+def _backward(ctx, grad_y, *unused_grads):
+    k, v, w, u, lengths, yc, den, k_max, centre = ctx.saved_tensors
+    grads = _backward_op(grad_y.contiguous(), k, v, w, u, lengths, yc, den, k_max, centre, ctx.backend)
     grads = tuple(g.to(dtype) for g, dtype in zip(grads, ctx.dtypes))
     return (*grads, None, None)
 
@@ -186,6 +190,6 @@ def bi_wkv(k, v, w, u, *, lengths=None, backend=None):
     _validate(k, v, w, u, lengths, backend)
     if lengths is not None:
         lengths = lengths.to(torch.int64).contiguous()
-    y, _, _ = _forward_op(k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), lengths,
-                          backend or "auto")
+    y = _forward_op(k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), lengths,
+                          backend or "auto")[0]
     return y.to(v.dtype)

@@ -82,12 +82,19 @@ def _num_den(geo, e_k, v):
 
 
 def forward(k, v, w, u, lengths=None):
-    """Returns y, den (float32, (N, T, C)) and the key max (float32, (N, C)); y = 0 on padding."""
+    """(y, y - centre, den, key max, centre) in float32, as the C++ kernel returns them.
+
+    y = 0 on padding; the centre is v at the key max. Only y is used by `backward` here,
+    which recomputes the rest in float64.
+    """
     geo = _Geometry(k, w, u, lengths)
     e_k, k_max = geo.keys(k)
     num, den = _num_den(geo, e_k, v.to(torch.float64))
     y = torch.where(geo.mask, num / den, torch.zeros_like(num))
-    return y.float(), den.float(), k_max.float()
+    at_max = torch.where(geo.mask, k.to(torch.float64), -torch.inf).argmax(1, keepdim=True)
+    centre = v.gather(1, at_max).squeeze(1).float()
+    y_centred = torch.where(geo.mask, y - centre[:, None, :], torch.zeros_like(y))
+    return y.float(), y_centred.float(), den.float(), k_max.float(), centre
 
 
 def backward(grad_y, k, v, w, u, lengths=None):

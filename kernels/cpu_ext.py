@@ -1,0 +1,106 @@
+"""The fused C++ Bi-WKV scan (kernels/csrc/bi_wkv.cpp): built once, cached, called via ctypes.
+
+The source has a plain C ABI and no torch headers, so the one-time build takes seconds.
+It is compiled for the host CPU (-march=native), so the cache directory is keyed by the
+torch version and the CPU's model and feature flags: a cache shared between different
+machines never hands one of them code it cannot run. Default location:
+$XDG_CACHE_HOME/nnunet_sss (or ~/.cache/nnunet_sss); NNUNET_SSS_BUILD_DIR overrides it.
+torch.utils.cpp_extension does the building (ninja, a lock for concurrent builds, a rebuild
+when the source changes).
+"""
+import ctypes
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "bi_wkv.cpp"
+NAME = "nnunet_sss_bi_wkv_cpu"
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+
+def _cpu_signature() -> str:
+    """Host CPU model and feature flags (what -march=native compiles for)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join([line for line in lines if line.startswith(("model name", "flags"))][:2])
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build_dir() -> Path:
+    root = os.environ.get("NNUNET_SSS_BUILD_DIR")
+    if root is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "nnunet_sss")
+    key = hashlib.sha1(f"{torch.__version__}\n{_cpu_signature()}".encode()).hexdigest()[:12]
+    path = Path(root) / f"bi_wkv_cpu-{key}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+
+
+class Kernels:
+    """The loaded library; forward/backward take and return torch tensors (CPU)."""
+
+    def __init__(self, path):
+        lib = ctypes.CDLL(str(path))
+        self._fwd = lib.bi_wkv_forward
+        self._fwd.argtypes = [_P] * 5 + [_I64] * 3 + [_P] * 5 + [ctypes.c_int]
+        self._fwd.restype = None
+        self._bwd = lib.bi_wkv_backward
+        self._bwd.argtypes = [_P] * 6 + [_I64] * 3 + [_P] * 8 + [ctypes.c_int]
+        self._bwd.restype = None
+
+    @staticmethod
+    def _ptr(x):
+        return None if x is None else x.data_ptr()
+
+    @staticmethod
+    def _prepare(*tensors):
+        return [x.to(torch.float32).contiguous() for x in tensors]
+
+    def forward(self, k, v, w, u, lengths):
+        """(y, y - centre, den, key max, centre): what the backward needs, all float32."""
+        k, v, w, u = self._prepare(k, v, w, u)
+        lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
+        n_seq, t_max, chans = k.shape
+        y, yc, den = (torch.empty_like(k) for _ in range(3))
+        k_max, centre = (k.new_empty((n_seq, chans)) for _ in range(2))
+        if k.numel():
+            self._fwd(*map(self._ptr, (k, v, w, u, lengths)), n_seq, t_max, chans,
+                      *map(self._ptr, (y, yc, den, k_max, centre)), torch.get_num_threads())
+        else:
+            k_max.zero_(), centre.zero_()
+        return y, yc, den, k_max, centre
+
+    def backward(self, grad_y, k, v, w, u, lengths, yc, den, k_max, centre):
+        """Float32 gradients for k, v, w, u."""
+        grad_y, k, v, w, u, yc, den, k_max, centre = self._prepare(grad_y, k, v, w, u, yc, den, k_max, centre)
+        lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
+        n_seq, t_max, chans = k.shape
+        grad_k, grad_v = torch.empty_like(k), torch.empty_like(k)
+        grad_w_seq = torch.zeros((n_seq, chans), dtype=torch.float64)
+        grad_u_seq = torch.zeros((n_seq, chans), dtype=torch.float64)
+        if k.numel():
+            self._bwd(*map(self._ptr, (grad_y, k, v, w, u, lengths)), n_seq, t_max, chans,
+                      *map(self._ptr, (yc, den, k_max, centre, grad_k, grad_v, grad_w_seq, grad_u_seq)),
+                      torch.get_num_threads())
+        return grad_k, grad_v, grad_w_seq.sum(0).float(), grad_u_seq.sum(0).float()
+
+
+def load() -> Kernels:
+    """Builds (or reuses) the library and loads it; raises where it cannot be built."""
+    from torch.utils import cpp_extension
+
+    if not SOURCE.is_file():
+        raise FileNotFoundError(f"C++ source missing: {SOURCE}")
+    path = cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS,
+                              extra_ldflags=["-fopenmp"], build_directory=str(build_dir()),
+                              is_python_module=False, verbose=False)
+    return Kernels(path or build_dir() / f"{NAME}.so")
