@@ -1,0 +1,41 @@
+"""Channel mix: token shift -> sigmoid(R') * W_v relu(W_k x)^2, on channels-last tokens.
+
+The shift uses the same windows as the block's spatial mix, so this half of the block does
+not look across partition borders either. The shift mix is folded into the key and
+receptance weights as in the spatial mix, and both read [x | shift(x)] in one matmul.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .init import mix_init
+from .shift import shift_concat
+from .spatial_mix import fold_mix
+
+
+class ChannelMix(nn.Module):
+    """Vision-RWKV's channel mix with a hidden width of `hidden_ratio` x channels."""
+
+    def __init__(self, channels: int, hidden_ratio: float = 2, shift_window: Optional[Tuple] = None,
+                 layer_id: int = 0, n_layers: int = 1):
+        super().__init__()
+        self.hidden = max(1, int(round(hidden_ratio * channels)))
+        self.shift_window = shift_window
+        self.key = nn.Linear(channels, self.hidden, bias=False)
+        self.value = nn.Linear(self.hidden, channels, bias=False)
+        self.receptance = nn.Linear(channels, channels, bias=False)
+        self.mix_k = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
+        self.mix_r = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = torch.cat((fold_mix(self.key.weight, self.mix_k), fold_mix(self.receptance.weight, self.mix_r)))
+        kr = F.linear(shift_concat(x, self.shift_window), weight)
+        hidden = torch.relu(kr[..., :self.hidden]).square()
+        return torch.sigmoid(kr[..., self.hidden:]) * self.value(hidden)
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.hidden}, shift_window={self.shift_window}"

@@ -1,0 +1,235 @@
+"""Windows and scan orders: which map token sits in which Bi-WKV sequence slot, and back.
+
+A feature map of `map_size` tokens (per axis) is cut into windows of `window` tokens per axis
+(clipped to the map). Windows that do not divide the map leave shorter windows at the far
+border; each window is one sequence, flattened on its own over its real tokens and padded at
+the end (the operator takes the real lengths). Inside a window the tokens are visited along
+an axis order (outermost axis first), in snake order: every turn of a row or slice is a
+step of one token, never a jump back across the window. A block scans along several axis
+orders at once; all of them go through the operator in one call.
+
+Layout: map tokens are (B, S, C) with S the row-major flattening of the map; the scanned
+tokens are (B, K*W*T, C) = orders x windows x slots, which reshapes to the operator's
+(B*K*W, T, C). A `ScanPlan` holds the index tensors of both directions, built once per
+(map size, window, orders, snake) and cached per device. Scanning is one gather; unscanning
+and merging the orders is one gather per order with its weight, and the backward passes are
+gathers too (the inverse index), never scatter-adds.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from itertools import product
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def axis_orders(n_dims: int, scan: str) -> Tuple[Tuple[int, ...], ...]:
+    """The axis orders (outermost axis first) a block scans along.
+
+    "stage": all cyclic orders (2 in 2D, 3 in 3D); "raster": the single row-major order.
+    """
+    if scan == "stage":
+        return tuple(tuple((start + j) % n_dims for j in range(n_dims)) for start in range(n_dims))
+    if scan == "raster":
+        return (tuple(range(n_dims)),)
+    raise ValueError(f"unknown scan {scan!r}: expected 'stage' or 'raster'")
+
+
+def visit_order(size: Sequence[int], order: Sequence[int], snake: bool) -> Tensor:
+    """Row-major positions inside a box of `size` tokens, in the order they are visited.
+
+    `order` lists the axes from outermost to innermost. With `snake`, each pass over an inner
+    axis (or block of inner axes) runs opposite to the previous one (boustrophedon), so
+    consecutive positions are always spatial neighbours.
+    """
+    size = tuple(int(s) for s in size)
+    if sorted(order) != list(range(len(size))):
+        raise ValueError(f"axis order {tuple(order)} is not a permutation of the {len(size)} axes")
+    coords = torch.zeros((1, len(size)), dtype=torch.long)
+    for axis in reversed(tuple(order)):  # grow from the innermost axis outwards
+        blocks = []
+        for j in range(size[axis]):
+            block = coords.flip(0) if (snake and j % 2) else coords.clone()
+            block[:, axis] = j
+            blocks.append(block)
+        coords = torch.cat(blocks)
+    return coords @ _row_major_strides(size)
+
+
+def _row_major_strides(size: Sequence[int]) -> Tensor:
+    strides = [1] * len(size)
+    for a in range(len(size) - 2, -1, -1):
+        strides[a] = strides[a + 1] * size[a + 1]
+    return torch.tensor(strides, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """Index tensors of one (map size, window, orders, snake) partition."""
+
+    map_size: Tuple[int, ...]
+    window: Tuple[int, ...]          # clipped to the map
+    n_orders: int                    # K
+    n_windows: int                   # W
+    seq_len: int                     # T = tokens of a full window
+    index: Tensor                    # (K*W*T,) map position of each slot (0 at padding)
+    inverse: Tensor                  # (K, S) slot (in K*W*T) of each map position, per order
+    lengths: Optional[Tensor]        # (W,) real tokens per window; None if all windows are full
+    valid: Optional[Tensor]          # (K*W*T, 1) 1.0 at real slots, 0.0 at padding; None if none
+
+    def to(self, device: torch.device) -> "ScanPlan":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return ScanPlan(self.map_size, self.window, self.n_orders, self.n_windows, self.seq_len,
+                        move(self.index), move(self.inverse), move(self.lengths), move(self.valid))
+
+
+def clip_window(window: Sequence[Optional[int]], map_size: Sequence[int]) -> Tuple[int, ...]:
+    """Window per axis clipped to the map; None on an axis = the whole axis."""
+    return tuple(s if w is None else min(int(w), int(s)) for w, s in zip(window, map_size))
+
+
+@functools.lru_cache(maxsize=512)
+def _build_plan(map_size: Tuple[int, ...], window: Tuple[int, ...],
+                orders: Tuple[Tuple[int, ...], ...], snake: bool) -> ScanPlan:
+    window = clip_window(window, map_size)
+    n_dims, n_orders = len(map_size), len(orders)
+    counts = [math.ceil(s / w) for s, w in zip(map_size, window)]
+    n_windows, seq_len, n_tokens = math.prod(counts), math.prod(window), math.prod(map_size)
+    map_strides = _row_major_strides(map_size)
+    grid_strides = _row_major_strides(counts)
+
+    index = torch.zeros((n_orders, n_windows, seq_len), dtype=torch.long)
+    valid = torch.zeros((n_orders, n_windows, seq_len), dtype=torch.bool)
+    lengths = torch.zeros(n_windows, dtype=torch.long)
+    # Windows fall in at most 2^D groups of equal real size (full, or cut at the far border
+    # of some axes); each group shares one visit order per axis order.
+    per_axis_groups = []
+    for s, w, n in zip(map_size, window, counts):
+        last = s - (n - 1) * w
+        groups = [(w, list(range(n - 1)))] if n > 1 else []
+        if last == w and groups:
+            groups[0][1].append(n - 1)
+        else:
+            groups.append((last, [n - 1]))
+        per_axis_groups.append(groups)
+    for group in product(*per_axis_groups):
+        real = tuple(g[0] for g in group)
+        grid = torch.cartesian_prod(*[torch.tensor(g[1], dtype=torch.long) for g in group])
+        grid = grid.view(-1, n_dims)
+        window_ids = grid @ grid_strides
+        origins = (grid * torch.tensor(window, dtype=torch.long)) @ map_strides  # first token
+        length = math.prod(real)
+        lengths[window_ids] = length
+        for k, order in enumerate(orders):
+            local = visit_order(real, order, snake)  # row-major inside the real box
+            # row-major-in-box -> position in the map
+            box_coords = torch.stack(torch.unravel_index(local, real), 1)
+            positions = origins[:, None] + (box_coords @ map_strides)[None, :]
+            index[k, window_ids, :length] = positions
+            valid[k, window_ids, :length] = True
+
+    slots = torch.arange(n_orders * n_windows * seq_len, dtype=torch.long).view(n_orders, -1)
+    inverse = torch.empty((n_orders, n_tokens), dtype=torch.long)
+    flat_index, flat_valid = index.view(n_orders, -1), valid.view(n_orders, -1)
+    for k in range(n_orders):
+        inverse[k, flat_index[k][flat_valid[k]]] = slots[k][flat_valid[k]]
+    full = bool(valid.all())
+    return ScanPlan(
+        map_size=tuple(map_size), window=window, n_orders=n_orders, n_windows=n_windows,
+        seq_len=seq_len, index=index.view(-1), inverse=inverse,
+        lengths=None if full else lengths,
+        valid=None if full else valid.view(-1, 1).float(),
+    )
+
+
+_DEVICE_PLANS: dict = {}
+
+
+def scan_plan(map_size: Sequence[int], window: Sequence[Optional[int]],
+              orders: Sequence[Sequence[int]], snake: bool, device=None) -> ScanPlan:
+    """The cached plan for this partition, with its tensors on `device`."""
+    key = (tuple(int(s) for s in map_size), clip_window(window, map_size),
+           tuple(tuple(o) for o in orders), bool(snake))
+    device = torch.device("cpu") if device is None else torch.device(device)
+    plan = _DEVICE_PLANS.get(key + (device,))
+    if plan is None:
+        if any(w < 1 for w in key[1]):
+            raise ValueError(f"window {tuple(window)} must be >= 1 token on every axis")
+        plan = _build_plan(*key).to(device)
+        _DEVICE_PLANS[key + (device,)] = plan
+    return plan
+
+
+class _Scan(torch.autograd.Function):
+    """(B, S, C) map tokens -> (B, K*W*T, C) sequence slots; backward: one gather per order."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        grad_x = grad.index_select(1, inverse[0])
+        for k in range(1, inverse.shape[0]):
+            grad_x += grad.index_select(1, inverse[k])
+        return grad_x, None, None
+
+
+class _Unscan(torch.autograd.Function):
+    """(B, K*W*T, C) slots -> (B, S, C): each order put back in place, summed with its weight.
+
+    The backward gathers the output gradient into the slots (padding gets exactly 0) and
+    gives each order's weight the dot product of the gradient with that order's output.
+    """
+
+    @staticmethod
+    def forward(ctx, y, weights, index, inverse, valid):
+        out = y.index_select(1, inverse[0]) * weights[0]
+        for k in range(1, inverse.shape[0]):
+            out += y.index_select(1, inverse[k]) * weights[k]
+        ctx.save_for_backward(y, weights, index, inverse, valid)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, weights, index, inverse, valid = ctx.saved_tensors
+        n_orders = inverse.shape[0]
+        grad_y = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            scale = weights.repeat_interleave(index.numel() // n_orders).unsqueeze(1)
+            if valid is not None:
+                scale = scale * valid
+            grad_y = grad.index_select(1, index) * scale.to(grad.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weights = torch.stack([(grad * y.index_select(1, inverse[k])).sum() for k in range(n_orders)])
+        return grad_y, grad_weights, None, None, None
+
+
+def scan(x: Tensor, plan: ScanPlan) -> Tensor:
+    """(B, S, C) map tokens -> (B*K*W, T, C) sequences for the operator."""
+    batch, _, channels = x.shape
+    seq = _Scan.apply(x, plan.index, plan.inverse)
+    return seq.view(batch * plan.n_orders * plan.n_windows, plan.seq_len, channels)
+
+
+def unscan(y: Tensor, plan: ScanPlan, weights: Optional[Tensor] = None) -> Tensor:
+    """(B*K*W, T, C) operator output -> (B, S, C): orders restored and merged with `weights`
+    (K,), which should sum to one; None = equal weights."""
+    channels = y.shape[-1]
+    y = y.reshape(-1, plan.n_orders * plan.n_windows * plan.seq_len, channels)
+    if weights is None:
+        weights = y.new_full((plan.n_orders,), 1.0 / plan.n_orders)
+    return _Unscan.apply(y, weights.to(y.dtype), plan.index, plan.inverse, plan.valid)
+
+
+def sequence_lengths(plan: ScanPlan, batch: int) -> Optional[Tensor]:
+    """Real tokens per operator sequence (B*K*W,), or None when every window is full."""
+    if plan.lengths is None:
+        return None
+    return plan.lengths.repeat(batch * plan.n_orders)

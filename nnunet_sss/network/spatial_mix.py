@@ -1,0 +1,118 @@
+"""Spatial mix: token shift -> R, K, V -> Bi-WKV per window and scan order -> merge -> LayerNorm
+-> sigmoid(R) gate -> output projection. Works on channels-last tokens (B, *S, C).
+
+Token-shift mix: Vision-RWKV's x_r = mu_r * x + (1 - mu_r) * shift(x) (and k, v alike) is folded
+into the projection weights, W_r x_r = [W_r mu_r | W_r (1 - mu_r)] [x | shift(x)], so the three
+lerps cost no pass over the map and no saved copies: one shifted concat feeds every projection.
+
+Low-resolution WKV: with pool p > 1, K and V are computed from the average-pooled map (factor p
+per axis, partial cells at the far border averaged over their real tokens), the WKV runs
+there, and its normalised output is repeated back to full resolution (nearest, so a pooled
+window never spills into the next) inside the full-resolution gate. Windows are counted in
+tokens of the map the WKV runs on, so the shift border of a window is `window * p` voxels.
+
+The WKV and the merge of the scan orders run in float32 even under fp16 autocast (a sum of
+several scans overflowed fp16 in Vision Mamba); the merge weights are a softmax, summing to 1.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nnunet_sss.kernels import bi_wkv
+
+from .init import mix_init, wkv_bonus_init, wkv_decay_init
+from .scan import axis_orders, scan, scan_plan, sequence_lengths, unscan
+from .shift import shift_concat
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32 (the WKV and the merge of scan orders); fp32/fp64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def fold_mix(weight: Tensor, mix: Tensor) -> Tensor:
+    """(out, C) projection of mix * x + (1 - mix) * shift(x) as an (out, 2C) one of [x | shift(x)]."""
+    return torch.cat((weight * mix, weight * (1 - mix)), dim=1)
+
+
+def avg_pool_tokens(x: Tensor, pool: Tuple[int, ...]) -> Tensor:
+    """Average-pool channels-last tokens (B, *S, C) by `pool` per axis (ceil mode)."""
+    pool_fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
+    return pool_fn(x.movedim(-1, 1), pool, pool, ceil_mode=True).movedim(1, -1)
+
+
+def repeat_tokens(x: Tensor, pool: Tuple[int, ...], size: Sequence[int]) -> Tensor:
+    """Undo the pooling's cell layout: token i of each axis takes pooled token i // p."""
+    up = F.interpolate(x.movedim(-1, 1), scale_factor=pool, mode="nearest").movedim(1, -1)
+    for axis, s in enumerate(size):
+        if up.shape[axis + 1] != s:
+            up = up.narrow(axis + 1, 0, s)
+    return up
+
+
+def gate(r: Tensor, y: Tensor, pool: Tuple[int, ...]) -> Tensor:
+    """sigmoid(r) * y with y (pooled by `pool`) repeated to r's size; a broadcast, no copy,
+    when the pool divides the map."""
+    size, pooled = r.shape[1:-1], y.shape[1:-1]
+    if all(s == q * p for s, q, p in zip(size, pooled, pool)):
+        split = [d for q, p in zip(pooled, pool) for d in (q, p)]
+        ones = [d for q in pooled for d in (q, 1)]
+        out = torch.sigmoid(r).view(r.shape[0], *split, r.shape[-1]) * y.view(y.shape[0], *ones, y.shape[-1])
+        return out.view(r.shape[0], *size, out.shape[-1])
+    return torch.sigmoid(r) * repeat_tokens(y, pool, size)
+
+
+class SpatialMix(nn.Module):
+    """Vision-RWKV's spatial mix over windows, with several snake scan orders merged."""
+
+    def __init__(self, channels: int, n_dims: int, window: Tuple[Optional[int], ...], pool: Tuple[int, ...],
+                 scan_mode: str = "stage", shift_mode: str = "window", layer_id: int = 0, n_layers: int = 1):
+        super().__init__()
+        self.n_dims, self.window, self.pool = n_dims, tuple(window), tuple(pool)
+        self.orders = axis_orders(n_dims, scan_mode)
+        self.snake = scan_mode == "stage"
+        self.shift_mode = shift_mode
+        self.receptance = nn.Linear(channels, channels, bias=False)
+        self.key = nn.Linear(channels, channels, bias=False)
+        self.value = nn.Linear(channels, channels, bias=False)
+        self.output = nn.Linear(channels, channels, bias=False)
+        self.norm = nn.LayerNorm(channels)
+        self.decay = nn.Parameter(wkv_decay_init(channels, layer_id, n_layers))
+        self.bonus = nn.Parameter(wkv_bonus_init(channels))
+        self.mix_k = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
+        self.mix_v = nn.Parameter(mix_init(channels, layer_id, n_layers, "v"))
+        self.mix_r = nn.Parameter(mix_init(channels, layer_id, n_layers, "r"))
+        # learned weights of the scan orders (softmax); a single order needs none
+        self.scan_logits = nn.Parameter(torch.zeros(len(self.orders))) if len(self.orders) > 1 else None
+
+    def shift_window(self) -> Optional[Tuple[Optional[int], ...]]:
+        """The shift's window in voxels of the full-resolution map (None: the whole map)."""
+        if self.shift_mode == "global":
+            return None
+        return tuple(None if w is None else w * p for w, p in zip(self.window, self.pool))
+
+    def scan_weights(self) -> Optional[Tensor]:
+        return None if self.scan_logits is None else torch.softmax(at_least_fp32(self.scan_logits), 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, size, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+        both = shift_concat(x, self.shift_window())  # [x | shift(x)]
+        r = F.linear(both, fold_mix(self.receptance.weight, self.mix_r))
+        pool = tuple(min(p, s) for p, s in zip(self.pool, size))
+        if any(p > 1 for p in pool):
+            both = avg_pool_tokens(both, pool)
+        wkv_size = both.shape[1:-1]
+        kv_weight = torch.cat((fold_mix(self.key.weight, self.mix_k), fold_mix(self.value.weight, self.mix_v)))
+        kv = at_least_fp32(F.linear(both, kv_weight)).reshape(batch, -1, 2 * channels)
+        plan = scan_plan(wkv_size, self.window, self.orders, self.snake, x.device)
+        y = bi_wkv(scan(kv[..., :channels], plan), scan(kv[..., channels:], plan), self.decay, self.bonus,
+                   lengths=sequence_lengths(plan, batch))
+        y = self.norm(unscan(y, plan, self.scan_weights()).view(batch, *wkv_size, channels))
+        return self.output(gate(r, y, pool))
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}, pool={self.pool}, orders={self.orders}, snake={self.snake}, shift={self.shift_mode}"

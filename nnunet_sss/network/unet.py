@@ -1,0 +1,193 @@
+"""RWKVSSSUNet: the RWKV-SSS network, 2D or 3D, built from the arguments of nnU-Net's
+PlainConvUNet (so any plans' `arch_kwargs` fit) plus its own keyword options, one per idea
+(each ablation switches exactly one of them; see docs/network.md):
+
+    use_rwkv=True          Stage-Scan blocks in the encoder (False: the plans' convs instead)
+    rwkv_depths=1          blocks per encoder stage (int, or a list with one entry per stage)
+    local_window=8         local layer window, tokens per axis (int or per-axis list)
+    global_window=32       global layer window, tokens per axis; None = the whole map
+    scan="stage"           snake order, all cyclic axis orders, learned merge ("raster": one order)
+    shift="window"         token shift inside windows ("global": across the whole map)
+    wkv_pool=(2,)          per-stage pool factor of K, V and the WKV (int or per-axis list)
+    hidden_ratio=2         channel-mix hidden width / width
+    upsample="dynamic"     learned-offset upsampling ("transpose": nnU-Net's transposed conv)
+    rwkv_checkpoint=True   recompute each RWKV layer in backward instead of keeping its inside
+                           (memory; no effect on the result)
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.dropout import _DropoutNd
+from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
+
+from .decoder import RWKVSSSDecoder
+from .encoder import RWKVSSSEncoder
+from .init import initialize as _initialize
+
+SCANS = ("stage", "raster")
+SHIFTS = ("window", "global")
+UPSAMPLES = ("dynamic", "transpose")
+_CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def _per_stage(value, n_stages: int, name: str) -> list:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return [int(value)] * n_stages
+    value = list(value)
+    if len(value) != n_stages:
+        raise ValueError(f"{name} needs one entry per stage ({n_stages}), got {value}")
+    return value
+
+
+def _per_axis(value, n_dims: int, name: str, stage: Optional[int] = None) -> Tuple[int, ...]:
+    where = f"{name}" if stage is None else f"{name}[{stage}]"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),) * n_dims
+    value = tuple(value)
+    if len(value) != n_dims or not all(isinstance(v, (int, np.integer)) for v in value):
+        raise ValueError(f"{where} must be an int or {n_dims} ints (one per spatial axis of the "
+                         f"{n_dims}D conv_op), got {value}")
+    if min(value) < 1:
+        raise ValueError(f"{where} must be >= 1 on every axis, got {value}")
+    return tuple(int(v) for v in value)
+
+
+class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
+    """U-shaped network whose encoder mixes tokens with windowed, multi-order Bi-WKV."""
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: Union[int, List[int], Tuple[int, ...]],
+        conv_op: Type[_ConvNd],
+        kernel_sizes: Union[int, List[int], Tuple[int, ...]],
+        strides: Union[int, List[int], Tuple[int, ...]],
+        n_conv_per_stage: Union[int, List[int], Tuple[int, ...]],
+        num_classes: int,
+        n_conv_per_stage_decoder: Union[int, Tuple[int, ...], List[int]],
+        conv_bias: bool = False,
+        norm_op: Union[None, Type[nn.Module]] = None,
+        norm_op_kwargs: dict = None,
+        dropout_op: Union[None, Type[_DropoutNd]] = None,
+        dropout_op_kwargs: dict = None,
+        nonlin: Union[None, Type[torch.nn.Module]] = None,
+        nonlin_kwargs: dict = None,
+        deep_supervision: bool = False,
+        nonlin_first: bool = False,
+        *,
+        use_rwkv: bool = True,
+        rwkv_depths: Union[int, Sequence[int]] = 1,
+        local_window: Union[int, Sequence[int]] = 8,
+        global_window: Union[None, int, Sequence[int]] = 32,
+        scan: str = "stage",
+        shift: str = "window",
+        wkv_pool: Sequence = (2,),
+        hidden_ratio: float = 2,
+        upsample: str = "dynamic",
+        rwkv_checkpoint: bool = True,
+    ):
+        super().__init__()
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stages.0"
+        self.keys_to_in_proj = ("encoder.stages.0.0.convs.0.conv", "encoder.stages.0.0.convs.0.all_modules.0")
+
+        if conv_op not in _CONV_DIMS:
+            raise ValueError(f"conv_op must be torch.nn.Conv2d or torch.nn.Conv3d, got {conv_op}")
+        n_dims = _CONV_DIMS[conv_op]
+        if n_stages < 1:
+            raise ValueError(f"n_stages must be >= 1, got {n_stages}")
+        features_per_stage = _per_stage(features_per_stage, n_stages, "features_per_stage")
+        kernel_sizes = [_per_axis(k, n_dims, "kernel_sizes", s)
+                        for s, k in enumerate(_per_stage(kernel_sizes, n_stages, "kernel_sizes"))]
+        strides = [_per_axis(k, n_dims, "strides", s) for s, k in enumerate(_per_stage(strides, n_stages, "strides"))]
+        n_conv_per_stage = _per_stage(n_conv_per_stage, n_stages, "n_conv_per_stage")
+        if min(n_conv_per_stage) < 1:
+            raise ValueError(f"n_conv_per_stage must be >= 1 per stage, got {n_conv_per_stage}")
+
+        # --- RWKV-SSS options
+        if scan not in SCANS:
+            raise ValueError(f"unknown scan {scan!r}: expected one of {SCANS}")
+        if shift not in SHIFTS:
+            raise ValueError(f"unknown shift {shift!r}: expected one of {SHIFTS}")
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"unknown upsample {upsample!r}: expected one of {UPSAMPLES}")
+        if not isinstance(use_rwkv, bool):
+            raise ValueError(f"use_rwkv must be True or False, got {use_rwkv!r}")
+        depths = _per_stage(rwkv_depths, n_stages, "rwkv_depths")
+        if any((not isinstance(d, (int, np.integer))) or d < 0 for d in depths):
+            raise ValueError(f"rwkv_depths must be ints >= 0, got {rwkv_depths}")
+        if not use_rwkv:
+            depths = [0] * n_stages
+        local = _per_axis(local_window, n_dims, "local_window")
+        glob = (None,) * n_dims if global_window is None else _per_axis(global_window, n_dims, "global_window")
+        if global_window is not None and any(l > g for l, g in zip(local, glob)):
+            raise ValueError(f"local_window {local} is larger than global_window {glob} on some axis: the "
+                             "local layer's windows must fit inside the global layer's")
+        if isinstance(wkv_pool, (int, str)) or wkv_pool is None:
+            raise ValueError(f"wkv_pool must be a list with one entry per stage from stage 0 (stages past it use 1), "
+                             f"e.g. (2,), got {wkv_pool!r}")
+        if len(wkv_pool) > n_stages:
+            raise ValueError(f"wkv_pool has {len(wkv_pool)} entries for {n_stages} stages")
+        pools = [_per_axis(p, n_dims, "wkv_pool", s) for s, p in enumerate(wkv_pool)]
+        pools += [(1,) * n_dims] * (n_stages - len(pools))
+        if not isinstance(rwkv_checkpoint, bool):
+            raise ValueError(f"rwkv_checkpoint must be True or False, got {rwkv_checkpoint!r}")
+        if not hidden_ratio > 0:
+            raise ValueError(f"hidden_ratio must be > 0, got {hidden_ratio}")
+
+        self.n_dims = n_dims
+        self.strides = strides
+        self.options = dict(use_rwkv=use_rwkv, rwkv_depths=depths, local_window=local, global_window=global_window
+                            if global_window is None else glob, scan=scan, shift=shift,
+                            wkv_pool=[list(p) for p in pools], hidden_ratio=hidden_ratio, upsample=upsample,
+                            rwkv_checkpoint=rwkv_checkpoint)
+        self.encoder = RWKVSSSEncoder(
+            input_channels, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage, depths,
+            (glob, local), pools, hidden_ratio, scan, shift, rwkv_checkpoint, conv_bias, norm_op, norm_op_kwargs, dropout_op,
+            dropout_op_kwargs, nonlin, nonlin_kwargs, nonlin_first)
+        self.decoder = RWKVSSSDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
+                                      upsample, nonlin_first)
+
+    def patch_multiple(self) -> Tuple[int, ...]:
+        """Each spatial size must be a multiple of this (the product of the strides per axis)."""
+        return tuple(math.prod(s[a] for s in self.strides) for a in range(self.n_dims))
+
+    def _check_size(self, size: Sequence[int], what: str) -> None:
+        multiple = self.patch_multiple()
+        if any(n % m for n, m in zip(size, multiple)):
+            raise ValueError(f"{what} {tuple(size)} is not divisible by the strides: each axis must be a multiple "
+                             f"of {multiple} (the product of the strides per axis)")
+
+    def forward(self, x: Tensor):
+        if x.dim() != self.n_dims + 2:
+            raise ValueError(f"input of shape {tuple(x.shape)} has {x.dim() - 2} spatial dims; this network's "
+                             f"conv_op is {self.n_dims}D: expected (B, C, {', '.join('XYZ'[:self.n_dims])})")
+        self._check_size(x.shape[2:], "input spatial size")
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Activations of one sample for nnU-Net's planners, in PlainConvUNet's units.
+
+        PlainConvUNet counts one element per conv output element; a conv layer really keeps
+        about that many (conv output, norm output) per element for backward. The RWKV blocks and
+        the dynamic upsampling are counted with the same exchange rate from the tensors their
+        backward keeps (see cost.py), so the planner sees their real weight.
+        """
+        if len(input_size) != self.n_dims:
+            raise ValueError(f"give the patch size without batch or channels: {self.n_dims} numbers, "
+                             f"got {tuple(input_size)}")
+        self._check_size(input_size, "patch size")
+        return self.encoder.compute_conv_feature_map_size(input_size) + \
+            self.decoder.compute_conv_feature_map_size(input_size)
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        """nnU-Net's init hook: He for convs; the RWKV and offset parameters keep their own init."""
+        _initialize(module)

@@ -1,0 +1,103 @@
+"""Stage-Scan block pieces: a window gives what its tokens give alone; fp32 WKV under autocast."""
+import pytest
+import torch
+
+import nnunet_sss.network.spatial_mix as spatial_mix_module
+from nnunet_sss.network.block import RWKVLayer, StageScanBlock
+
+
+def _crop(x, starts, sizes):
+    for axis, (a, n) in enumerate(zip(starts, sizes)):
+        x = x.narrow(axis + 1, a, n)
+    return x
+
+
+def _layer(n_dims, window, pool, scan_mode="stage", channels=12):
+    torch.manual_seed(0)
+    layer = RWKVLayer(channels, n_dims, window, pool, hidden_ratio=2, scan_mode=scan_mode, shift_mode="window",
+                      layer_id=1, n_layers=4)
+    with torch.no_grad():  # break the init's symmetries so that a leak would show
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer.double()
+
+
+@pytest.mark.parametrize("size,window,pool", [
+    ((7, 6), (4, 4), (1, 1)),           # border windows of 3x4, 4x2, 3x2 tokens
+    ((7, 12), (2, 4), (2, 2)),          # pooled WKV: windows of 4x8 voxels, border 3x... voxels
+    ((5, 6, 4), (4, 4, 2), (1, 1, 1)),
+    ((6, 5, 8), (2, 2, 2), (2, 2, 2)),
+])
+def test_each_window_equals_its_tokens_alone(size, window, pool):
+    layer = _layer(len(size), window, pool)
+    x = torch.randn(2, *size, 12, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    voxels = [w * p for w, p in zip(window, pool)]
+    origins = torch.cartesian_prod(*[torch.arange(0, s, v) for s, v in zip(size, voxels)]).view(-1, len(size))
+    for origin in origins.tolist():
+        sizes = [min(v, s - a) for a, v, s in zip(origin, voxels, size)]
+        alone_in = _crop(x.detach(), origin, sizes).contiguous().requires_grad_()
+        alone = layer(alone_in)
+        torch.testing.assert_close(_crop(out, origin, sizes), alone)
+        # and the gradient of a loss on this window reaches only this window's tokens, as alone
+        g = torch.randn_like(alone)
+        (grad_full,) = torch.autograd.grad(_crop(out, origin, sizes), x, g, retain_graph=True)
+        (grad_alone,) = torch.autograd.grad(alone, alone_in, g)
+        torch.testing.assert_close(_crop(grad_full, origin, sizes), grad_alone)
+        mask = torch.ones_like(grad_full, dtype=torch.bool)
+        _crop(mask, origin, sizes).fill_(False)
+        assert grad_full.masked_select(mask).abs().max() == 0
+
+
+def test_global_shift_does_cross_windows():
+    layer = _layer(2, (4, 4), (1, 1))
+    layer.spatial_mix.shift_mode = "global"
+    layer.channel_mix.shift_window = None
+    x = torch.randn(1, 8, 8, 12, dtype=torch.float64)
+    out = layer(x)
+    alone = layer(x[:, :4, :4].contiguous())
+    assert not torch.allclose(out[:, :4, :4], alone)
+
+
+@pytest.mark.parametrize("n_dims", [2, 3])
+def test_scan_orders_merge_with_learned_weights(n_dims):
+    layer = _layer(n_dims, (4,) * n_dims, (1,) * n_dims)
+    mix = layer.spatial_mix
+    assert mix.scan_logits.shape == (n_dims,)
+    assert abs(mix.scan_weights().sum().item() - 1) < 1e-12
+    layer(torch.randn(1, *(5,) * n_dims, 12, dtype=torch.float64)).square().sum().backward()
+    assert mix.scan_logits.grad.abs().sum() > 0
+    raster = _layer(n_dims, (4,) * n_dims, (1,) * n_dims, scan_mode="raster")
+    assert raster.spatial_mix.scan_logits is None
+
+
+def test_wkv_and_merge_run_in_fp32_under_fp16_autocast(monkeypatch):
+    seen = []
+
+    def spy(k, v, w, u, **kw):
+        seen.append((k.dtype, v.dtype))
+        return real(k, v, w, u, **kw)
+
+    real = spatial_mix_module.bi_wkv
+    monkeypatch.setattr(spatial_mix_module, "bi_wkv", spy)
+    torch.manual_seed(0)
+    block = StageScanBlock(16, 3, (8, 8, 8), (4, 4, 4), (2, 2, 2), 2, "stage", "window", 0, 2)
+    x = (100 * torch.randn(2, 8, 8, 6, 16)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = block(x)
+    out.float().square().mean().backward()
+    assert seen and all(d == (torch.float32, torch.float32) for d in seen)
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+def test_checkpoint_changes_nothing_but_memory():
+    layer = _layer(3, (4, 4, 4), (2, 2, 2))
+    x = torch.randn(1, 6, 8, 4, 12, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])
+    layer.checkpoint = True
+    out_ckpt = layer(x)
+    grads_ckpt = torch.autograd.grad(out_ckpt.square().sum(), [x, *layer.parameters()])
+    torch.testing.assert_close(out_ckpt, out)
+    for a, b in zip(grads_ckpt, grads):
+        torch.testing.assert_close(a, b)
