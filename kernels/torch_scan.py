@@ -51,6 +51,11 @@ class _Geometry:
         self.suf_out = torch.exp(torch.where(self.mask, self.w * (pos + 1), zero))
         self.bonus = torch.exp(self.u)
 
+    def values(self, v):
+        """v in float64, 0 on padding (whatever the padding holds)."""
+        v = v.to(torch.float64)
+        return torch.where(self.mask, v, torch.zeros_like(v))
+
     def keys(self, k):
         """E = exp(k - max over real tokens), exactly 0 on padding; and that max (N, C)."""
         k = k.to(torch.float64)
@@ -89,10 +94,10 @@ def forward(k, v, w, u, lengths=None):
     """
     geo = _Geometry(k, w, u, lengths)
     e_k, k_max = geo.keys(k)
-    num, den = _num_den(geo, e_k, v.to(torch.float64))
+    num, den = _num_den(geo, e_k, geo.values(v))
     y = torch.where(geo.mask, num / den, torch.zeros_like(num))
     at_max = torch.where(geo.mask, k.to(torch.float64), -torch.inf).argmax(1, keepdim=True)
-    centre = v.gather(1, at_max).squeeze(1).float()
+    centre = geo.values(v).gather(1, at_max).squeeze(1).float()
     y_centred = torch.where(geo.mask, y - centre[:, None, :], torch.zeros_like(y))
     return y.float(), y_centred.float(), den.float(), k_max.float(), centre
 
@@ -101,7 +106,7 @@ def backward(grad_y, k, v, w, u, lengths=None):
     """Gradients (float32) of sum(grad_y * y) for k, v (N, T, C) and w, u (C,)."""
     geo = _Geometry(k, w, u, lengths)
     e_k, _ = geo.keys(k)
-    v = v.to(torch.float64)
+    v = geo.values(v)
     num, den = _num_den(geo, e_k, v)
     g = torch.where(geo.mask, grad_y.to(torch.float64), torch.zeros_like(num))
     p = g / den  # dL/dnum

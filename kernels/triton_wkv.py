@@ -1,0 +1,388 @@
+"""Bi-WKV in Triton (CUDA): forward and backward, any T (no T_MAX), any C, fp16/bf16/fp32 in.
+
+The same chunked scan as the C++ kernel (kernels/csrc/bi_wkv.cpp), spread over the GPU:
+
+    keys     grid (N, C blocks, chunks): per-chunk key max and the value there (the centre);
+             torch reduces them over the chunks
+    local    grid (N, C blocks, chunks): each chunk's scans started from zero, in fp32
+    carries  grid (N, C blocks): a short sequential scan over the chunk sums, in fp64, giving
+             the prefix state at every chunk start and the suffix state at every chunk end
+    outputs  grid (N, C blocks, chunks): each chunk re-runs its scans from its carries and
+             writes the outputs
+
+so long sequences are parallel over their chunks and only T / CHUNK steps are sequential.
+Inside a chunk the recurrences are plain fp32 loops over the steps (at most CHUNK roundings);
+every load is a contiguous run of BLOCK_C channels. Inputs are read in their own dtype and
+computed in fp32. Triton is imported here, and this module only when the backend is used.
+"""
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64
+_PARTS_FWD = 4  # local sums per chunk: prefix (num, den) at its end, suffix (num, den) at its start
+_PARTS_BWD = 8  # prefix P, Q, P2, Q2 and suffix S, R, S2, R2
+
+
+@triton.jit
+def _exp_diff(k, m):
+    """exp(k - m), compensating the rounding of k - m (TwoSum), as the C++ kernel does."""
+    s = k - m
+    b_virtual = s - k
+    err = (k - (s - b_virtual)) + (-m - b_virtual)
+    return tl.exp(s) * (1.0 + err)
+
+
+@triton.jit
+def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
+                 CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(2)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    length = tl.load(len_ptr + n)
+    best = tl.full([BLOCK_C], float("-inf"), tl.float32)
+    centre = tl.zeros([BLOCK_C], tl.float32)
+    for i in range(CHUNK):
+        t = j * CHUNK + i
+        live = cmask & (t < length)
+        kk = tl.load(k_ptr + (n * T + t) * C + cols, mask=live, other=float("-inf")).to(tl.float32)
+        vv = tl.load(v_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
+        larger = kk > best
+        best = tl.where(larger, kk, best)
+        centre = tl.where(larger, vv, centre)
+    out = (n * n_chunks + j) * C + cols
+    tl.store(max_ptr + out, best, mask=cmask)
+    tl.store(centre_ptr + out, centre, mask=cmask)
+
+
+@triton.jit
+def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, len_ptr, max_ptr, centre_ptr, local_ptr, T, C, n_chunks,
+                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(2)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    length = tl.load(len_ptr + n)
+    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) / tl.maximum(length, 1).to(tl.float32))
+    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
+    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    pa = tl.zeros([BLOCK_C], tl.float32)
+    pd = tl.zeros([BLOCK_C], tl.float32)
+    sa = tl.zeros([BLOCK_C], tl.float32)
+    sd = tl.zeros([BLOCK_C], tl.float32)
+    for i in range(CHUNK):
+        t = j * CHUNK + i  # prefix, forwards; steps past the length neither add nor decay
+        live = cmask & (t < length)
+        kk = tl.load(k_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
+        vv = tl.load(v_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
+        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        step = tl.where(live, lam, 1.0)
+        pa = step * pa + e * (vv - ctr)
+        pd = step * pd + e
+        t = j * CHUNK + CHUNK - 1 - i  # suffix, backwards
+        live = cmask & (t < length)
+        kk = tl.load(k_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
+        vv = tl.load(v_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
+        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        sa = lam * sa + e * (vv - ctr)
+        sd = lam * sd + e
+    out = (n * n_chunks + j) * 4 * C + cols
+    tl.store(local_ptr + out, pa, mask=cmask)
+    tl.store(local_ptr + out + C, pd, mask=cmask)
+    tl.store(local_ptr + out + 2 * C, sa, mask=cmask)
+    tl.store(local_ptr + out + 3 * C, sd, mask=cmask)
+
+
+@triton.jit
+def _carry_kernel(local_ptr, carry_ptr, w_ptr, len_ptr, C, n_chunks,
+                  PAIRS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """fp64 scan over chunk sums. PAIRS = 1: (num, den) scans; PAIRS = 2: also the
+    distance-weighted ones (x2 <- lam^n (x2 + n x) + local x2), for the backward."""
+    n = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    length = tl.load(len_ptr + n)
+    w_scaled = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float64) / tl.maximum(length, 1).to(tl.float64)
+    parts = 4 * PAIRS
+    half = 2 * PAIRS
+    a = tl.zeros([BLOCK_C], tl.float64)
+    b = tl.zeros([BLOCK_C], tl.float64)
+    a2 = tl.zeros([BLOCK_C], tl.float64)
+    b2 = tl.zeros([BLOCK_C], tl.float64)
+    for j in range(n_chunks):  # prefix states at chunk starts
+        base = (n * n_chunks + j) * parts * C + cols
+        tl.store(carry_ptr + base, a.to(tl.float32), mask=cmask)
+        tl.store(carry_ptr + base + C, b.to(tl.float32), mask=cmask)
+        steps = tl.minimum(tl.maximum(length - j * CHUNK, 0), CHUNK).to(tl.float64)
+        decay = tl.exp(-w_scaled * steps)
+        if PAIRS == 2:
+            tl.store(carry_ptr + base + 2 * C, a2.to(tl.float32), mask=cmask)
+            tl.store(carry_ptr + base + 3 * C, b2.to(tl.float32), mask=cmask)
+            a2 = decay * (a2 + steps * a) + tl.load(local_ptr + base + 2 * C, mask=cmask, other=0.0).to(tl.float64)
+            b2 = decay * (b2 + steps * b) + tl.load(local_ptr + base + 3 * C, mask=cmask, other=0.0).to(tl.float64)
+        a = decay * a + tl.load(local_ptr + base, mask=cmask, other=0.0).to(tl.float64)
+        b = decay * b + tl.load(local_ptr + base + C, mask=cmask, other=0.0).to(tl.float64)
+    a = tl.zeros([BLOCK_C], tl.float64)
+    b = tl.zeros([BLOCK_C], tl.float64)
+    a2 = tl.zeros([BLOCK_C], tl.float64)
+    b2 = tl.zeros([BLOCK_C], tl.float64)
+    for jj in range(n_chunks):  # suffix states at chunk ends
+        j = n_chunks - 1 - jj
+        base = (n * n_chunks + j) * parts * C + cols
+        tl.store(carry_ptr + base + half * C, a.to(tl.float32), mask=cmask)
+        tl.store(carry_ptr + base + (half + 1) * C, b.to(tl.float32), mask=cmask)
+        steps = tl.minimum(tl.maximum(length - j * CHUNK, 0), CHUNK).to(tl.float64)
+        decay = tl.exp(-w_scaled * steps)
+        if PAIRS == 2:
+            tl.store(carry_ptr + base + (half + 2) * C, a2.to(tl.float32), mask=cmask)
+            tl.store(carry_ptr + base + (half + 3) * C, b2.to(tl.float32), mask=cmask)
+            a2 = decay * (a2 + steps * a) + tl.load(local_ptr + base + (half + 2) * C, mask=cmask, other=0.0).to(tl.float64)
+            b2 = decay * (b2 + steps * b) + tl.load(local_ptr + base + (half + 3) * C, mask=cmask, other=0.0).to(tl.float64)
+        a = decay * a + tl.load(local_ptr + base + half * C, mask=cmask, other=0.0).to(tl.float64)
+        b = decay * b + tl.load(local_ptr + base + (half + 1) * C, mask=cmask, other=0.0).to(tl.float64)
+
+
+@triton.jit
+def _fwd_out_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, carry_ptr,
+                    y_ptr, yc_ptr, den_ptr, T, C, n_chunks, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(2)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    length = tl.load(len_ptr + n)
+    inv_len = 1.0 / tl.maximum(length, 1).to(tl.float32)
+    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
+    bonus = tl.exp(tl.load(u_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
+    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
+    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    base = (n * n_chunks + j) * 4 * C + cols
+    pa = tl.load(carry_ptr + base, mask=cmask, other=0.0)
+    pd = tl.load(carry_ptr + base + C, mask=cmask, other=0.0)
+    for i in range(CHUNK):  # prefix states, parked in yc and den
+        t = j * CHUNK + i
+        live = cmask & (t < length)
+        at = (n * T + t) * C + cols
+        tl.store(yc_ptr + at, pa, mask=live)
+        tl.store(den_ptr + at, pd, mask=live)
+        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
+        vv = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32)
+        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        step = tl.where(live, lam, 1.0)
+        pa = step * pa + e * (vv - ctr)
+        pd = step * pd + e
+    sa = tl.load(carry_ptr + base + 2 * C, mask=cmask, other=0.0)
+    sd = tl.load(carry_ptr + base + 3 * C, mask=cmask, other=0.0)
+    for i in range(CHUNK):  # suffix states and the outputs
+        t = j * CHUNK + CHUNK - 1 - i
+        live = cmask & (t < length)
+        inside = cmask & (t < T)
+        at = (n * T + t) * C + cols
+        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
+        vv = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32)
+        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        ev = e * (vv - ctr)
+        num = tl.load(yc_ptr + at, mask=live, other=0.0) + sa + bonus * ev
+        de = tl.load(den_ptr + at, mask=live, other=1.0) + sd + bonus * e
+        ratio = tl.where(live, num / de, 0.0)
+        tl.store(yc_ptr + at, ratio, mask=inside)
+        tl.store(y_ptr + at, tl.where(live, ratio + ctr, 0.0), mask=inside)
+        tl.store(den_ptr + at, tl.where(live, de, 1.0), mask=inside)
+        sa = lam * sa + ev
+        sd = lam * sd + e
+
+
+@triton.jit
+def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, len_ptr, local_ptr, T, C, n_chunks,
+                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(2)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    length = tl.load(len_ptr + n)
+    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) / tl.maximum(length, 1).to(tl.float32))
+    pp = tl.zeros([BLOCK_C], tl.float32)
+    qq = tl.zeros([BLOCK_C], tl.float32)
+    pp2 = tl.zeros([BLOCK_C], tl.float32)
+    qq2 = tl.zeros([BLOCK_C], tl.float32)
+    ss = tl.zeros([BLOCK_C], tl.float32)
+    rr = tl.zeros([BLOCK_C], tl.float32)
+    ss2 = tl.zeros([BLOCK_C], tl.float32)
+    rr2 = tl.zeros([BLOCK_C], tl.float32)
+    for i in range(CHUNK):
+        t = j * CHUNK + i  # prefix, forwards
+        live = cmask & (t < length)
+        at = (n * T + t) * C + cols
+        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
+                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
+        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
+        step = tl.where(live, lam, 1.0)
+        pp2 = step * (pp2 + pp)
+        qq2 = step * (qq2 + qq)
+        pp = step * pp + p
+        qq = step * qq + q
+        t = j * CHUNK + CHUNK - 1 - i  # suffix, backwards
+        live = cmask & (t < length)
+        at = (n * T + t) * C + cols
+        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
+                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
+        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
+        ss2 = lam * (ss2 + ss)
+        rr2 = lam * (rr2 + rr)
+        ss = lam * ss + p
+        rr = lam * rr + q
+    out = (n * n_chunks + j) * 8 * C + cols
+    tl.store(local_ptr + out, pp, mask=cmask)
+    tl.store(local_ptr + out + C, qq, mask=cmask)
+    tl.store(local_ptr + out + 2 * C, pp2, mask=cmask)
+    tl.store(local_ptr + out + 3 * C, qq2, mask=cmask)
+    tl.store(local_ptr + out + 4 * C, ss, mask=cmask)
+    tl.store(local_ptr + out + 5 * C, rr, mask=cmask)
+    tl.store(local_ptr + out + 6 * C, ss2, mask=cmask)
+    tl.store(local_ptr + out + 7 * C, rr2, mask=cmask)
+
+
+@triton.jit
+def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr, max_ptr, centre_ptr,
+                    carry_ptr, gk_ptr, gv_ptr, part_ptr, T, C, n_chunks,
+                    CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(2)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    length = tl.load(len_ptr + n)
+    inv_len = 1.0 / tl.maximum(length, 1).to(tl.float32)
+    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
+    bonus = tl.exp(tl.load(u_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
+    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
+    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    base = (n * n_chunks + j) * 8 * C + cols
+    pp = tl.load(carry_ptr + base, mask=cmask, other=0.0)
+    qq = tl.load(carry_ptr + base + C, mask=cmask, other=0.0)
+    pp2 = tl.load(carry_ptr + base + 2 * C, mask=cmask, other=0.0)
+    qq2 = tl.load(carry_ptr + base + 3 * C, mask=cmask, other=0.0)
+    acc_w = tl.zeros([BLOCK_C], tl.float32)
+    acc_u = tl.zeros([BLOCK_C], tl.float32)
+    for i in range(CHUNK):  # prefix states: P, Q parked in grad v, grad k; prefix part of grad w
+        t = j * CHUNK + i
+        live = cmask & (t < length)
+        at = (n * T + t) * C + cols
+        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
+                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
+        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
+        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
+        vc = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32) - ctr
+        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        tl.store(gv_ptr + at, pp, mask=live)
+        tl.store(gk_ptr + at, qq, mask=live)
+        acc_w += e * (vc * pp2 + qq2)
+        step = tl.where(live, lam, 1.0)
+        pp2 = step * (pp2 + pp)
+        qq2 = step * (qq2 + qq)
+        pp = step * pp + p
+        qq = step * qq + q
+    ss = tl.load(carry_ptr + base + 4 * C, mask=cmask, other=0.0)
+    rr = tl.load(carry_ptr + base + 5 * C, mask=cmask, other=0.0)
+    ss2 = tl.load(carry_ptr + base + 6 * C, mask=cmask, other=0.0)
+    rr2 = tl.load(carry_ptr + base + 7 * C, mask=cmask, other=0.0)
+    for i in range(CHUNK):  # suffix states and the gradients
+        t = j * CHUNK + CHUNK - 1 - i
+        live = cmask & (t < length)
+        inside = cmask & (t < T)
+        at = (n * T + t) * C + cols
+        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
+                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
+        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
+        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
+        vc = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32) - ctr
+        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        grad_v = e * (bonus * p + tl.load(gv_ptr + at, mask=live, other=0.0) + ss)
+        grad_k = vc * grad_v + e * (bonus * q + tl.load(gk_ptr + at, mask=live, other=0.0) + rr)
+        tl.store(gv_ptr + at, tl.where(live, grad_v, 0.0), mask=inside)
+        tl.store(gk_ptr + at, tl.where(live, grad_k, 0.0), mask=inside)
+        acc_w += e * (vc * ss2 + rr2)
+        acc_u += e * (p * vc + q)
+        ss2 = lam * (ss2 + ss)
+        rr2 = lam * (rr2 + rr)
+        ss = lam * ss + p
+        rr = lam * rr + q
+    out = (n * n_chunks + j) * 2 * C + cols
+    tl.store(part_ptr + out, acc_w, mask=cmask)
+    tl.store(part_ptr + out + C, acc_u, mask=cmask)
+
+
+def _block_c(chans):
+    return max(16, min(64, triton.next_power_of_2(chans)))
+
+
+def _lengths(lengths, n_seq, t_max, device):
+    if lengths is None:
+        return torch.full((n_seq,), t_max, dtype=torch.int32, device=device)
+    return lengths.to(device=device, dtype=torch.int32).contiguous()
+
+
+def _keys(k, v, lengths, n_chunks, grid, block_c, chunk):
+    """Key max over the real tokens and v there (the first such token), float32 (N, C)."""
+    n_seq, t_max, chans = k.shape
+    chunk_max = torch.empty((n_seq, n_chunks, chans), dtype=torch.float32, device=k.device)
+    chunk_centre = torch.empty_like(chunk_max)
+    _keys_kernel[grid](k, v, lengths, chunk_max, chunk_centre, t_max, chans, n_chunks,
+                       CHUNK=chunk, BLOCK_C=block_c)
+    k_max, at = chunk_max.max(1, keepdim=True)
+    centre = chunk_centre.gather(1, at).squeeze(1)
+    k_max = k_max.squeeze(1)
+    return torch.where(torch.isfinite(k_max), k_max, torch.zeros_like(k_max)), centre
+
+
+def forward(k, v, w, u, lengths, chunk=CHUNK):
+    """(y, y - centre, den, key max, centre), float32, as kernels/cpu_ext.py returns them.
+
+    chunk: steps per chunk (tests use small ones to cover the carries at small T)."""
+    k, v, w, u = (x.contiguous() for x in (k, v, w, u))
+    n_seq, t_max, chans = k.shape
+    f32 = dict(dtype=torch.float32, device=k.device)
+    y, yc, den = (torch.empty((n_seq, t_max, chans), **f32) for _ in range(3))
+    if k.numel() == 0:
+        zeros = torch.zeros((n_seq, chans), **f32)
+        return y, yc, den, zeros, zeros.clone()
+    lengths = _lengths(lengths, n_seq, t_max, k.device)
+    n_chunks = triton.cdiv(t_max, chunk)
+    block_c = _block_c(chans)
+    grid = (n_seq, triton.cdiv(chans, block_c), n_chunks)
+    k_max, centre = _keys(k, v, lengths, n_chunks, grid, block_c, chunk)
+    local = torch.empty((n_seq, n_chunks, _PARTS_FWD, chans), **f32)
+    carry = torch.empty_like(local)
+    meta = dict(CHUNK=chunk, BLOCK_C=block_c)
+    _fwd_local_kernel[grid](k, v, w, lengths, k_max, centre, local, t_max, chans, n_chunks, **meta)
+    _carry_kernel[grid[:2]](local, carry, w, lengths, chans, n_chunks, PAIRS=1, **meta)
+    _fwd_out_kernel[grid](k, v, w, u, lengths, k_max, centre, carry, y, yc, den, t_max, chans,
+                          n_chunks, **meta)
+    return y, yc, den, k_max, centre
+
+
+def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, chunk=CHUNK):
+    """Float32 gradients for k, v, w, u."""
+    grad_y, k, v, w, u = (x.contiguous() for x in (grad_y, k, v, w, u))
+    n_seq, t_max, chans = k.shape
+    f32 = dict(dtype=torch.float32, device=k.device)
+    grad_k, grad_v = torch.empty((n_seq, t_max, chans), **f32), torch.empty((n_seq, t_max, chans), **f32)
+    if k.numel() == 0:
+        return grad_k, grad_v, torch.zeros((chans,), **f32), torch.zeros((chans,), **f32)
+    lengths = _lengths(lengths, n_seq, t_max, k.device)
+    n_chunks = triton.cdiv(t_max, chunk)
+    block_c = _block_c(chans)
+    grid = (n_seq, triton.cdiv(chans, block_c), n_chunks)
+    meta = dict(CHUNK=chunk, BLOCK_C=block_c)
+    local = torch.empty((n_seq, n_chunks, _PARTS_BWD, chans), **f32)
+    carry = torch.empty_like(local)
+    parts = torch.empty((n_seq, n_chunks, 2, chans), **f32)
+    _bwd_local_kernel[grid](grad_y, yc, den, w, lengths, local, t_max, chans, n_chunks, **meta)
+    _carry_kernel[grid[:2]](local, carry, w, lengths, chans, n_chunks, PAIRS=2, **meta)
+    _bwd_out_kernel[grid](grad_y, k, v, w, u, lengths, yc, den, k_max, centre, carry, grad_k, grad_v,
+                          parts, t_max, chans, n_chunks, **meta)
+    # chain rule through w' = w / L and u' = u / L, summed over the sequences in float64
+    per_seq = parts.to(torch.float64).sum(1) / lengths.clamp(min=1).to(torch.float64)[:, None, None]
+    bonus = torch.exp(u.to(torch.float64)[None, :] / lengths.clamp(min=1).to(torch.float64)[:, None])
+    grad_w = -per_seq[:, 0].sum(0)
+    grad_u = (bonus * per_seq[:, 1]).sum(0)
+    return grad_k, grad_v, grad_w.float(), grad_u.float()
