@@ -16,7 +16,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS_RAW = REPO_ROOT.parent / "shared" / "data" / "Dataset004_Hippocampus"
 HIPPOCAMPUS_NAME = "Dataset004_Hippocampus"
-N_TRAIN_CASES = 10  # fold 0 of nnU-Net's 5-fold split: 8 training, 2 validation cases
+N_TRAIN_CASES = 5  # fold 0 of nnU-Net's 5-fold split: 4 training cases, 1 validation case
 N_TEST_CASES = 2    # further cases, for nnUNetv2_predict + nnUNetv2_evaluate_folder
 BIN = Path(sys.executable).parent  # the nnU-Net and nnunet-sss console scripts of this environment
 
@@ -111,3 +111,16 @@ def hippocampus_subset(tmp_path_factory) -> NnUNetWorkspace:
     workspace.run("nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "2d", "-np", "1", "-npfp", "1",
                   timeout=300)
     return workspace
+
+
+SMOKE_TRAINER = "nnUNetTrainerRWKVSSS_smoke"
+
+
+@pytest.fixture(scope="session")
+def hippocampus_rwkvsss_smoke(hippocampus_subset) -> NnUNetWorkspace:
+    """hippocampus_subset after `nnUNetv2_train 4 <c> 0 -tr nnUNetTrainerRWKVSSS_smoke -device cpu`
+    for c = 3d_fullres and 2d (2 epochs x 3 iterations, nnU-Net's final validation included).
+    Returns the same NnUNetWorkspace; results in workspace.results_folder(SMOKE_TRAINER, c)."""
+    for configuration in ("3d_fullres", "2d"):
+        hippocampus_subset.run("nnUNetv2_train", "4", configuration, "0", "-tr", SMOKE_TRAINER, "-device", "cpu")
+    return hippocampus_subset

@@ -26,6 +26,7 @@ class Schedule:
     batch_3d: int
     batch_2d: int
     save_every: int       # checkpoint_latest every this many epochs: a crash loses at most this many
+    test_time_mirroring: bool = True  # mirrored inference in validation and nnUNetv2_predict (8x in 3D)
 
     def batch_size(self, patch_dims: int) -> int:
         return self.batch_2d if patch_dims == 2 else self.batch_3d
@@ -35,7 +36,8 @@ SCHEDULES = MappingProxyType({
     # ../shared/protocols/hippocampus-cpu.md: the CPU-budget accuracy protocol
     "cpubudget": Schedule(epochs=20, iterations=50, val_iterations=5, batch_3d=2, batch_2d=32, save_every=1),
     # tests: the end-to-end nnU-Net CLI run
-    "smoke": Schedule(epochs=2, iterations=3, val_iterations=2, batch_3d=2, batch_2d=8, save_every=1),
+    "smoke": Schedule(epochs=2, iterations=3, val_iterations=2, batch_3d=2, batch_2d=8, save_every=1,
+                      test_time_mirroring=False),
     # the main job (`nnunet-sss demo`, issue 5 owns this row)
     "demo": Schedule(epochs=10, iterations=20, val_iterations=3, batch_3d=2, batch_2d=16, save_every=1),
 })
@@ -58,6 +60,13 @@ class ScheduledTrainer:
         self.num_iterations_per_epoch = self.schedule.iterations
         self.num_val_iterations_per_epoch = self.schedule.val_iterations
         self.save_every = self.schedule.save_every
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        # Training augmentation keeps its mirroring; only inference (stored in the checkpoint) drops it.
+        result = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.schedule.test_time_mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return result
 
 
 SCHEDULED_BASES = (nnUNetTrainer, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD, *ABLATION_TRAINERS)

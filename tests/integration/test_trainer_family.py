@@ -56,8 +56,13 @@ def test_each_ablation_changes_exactly_its_option(suffix, rwkvsss_network):
         ablated = rwkvsss_options(trainer_class.network_architecture(conf))
         changed = {k: v for k, v in ablated.items() if default[k] != v}
         assert changed == {k: list(v) if isinstance(v, tuple) else v for k, v in option.items()}, name
+    # the network itself was built with that one switch turned
     network, _, _ = _build(TRAINERS[f"nnUNetTrainerRWKVSSS_{suffix}"], "3d_fullres")
+    reference, _, _ = _build(nnUNetTrainerRWKVSSS, "3d_fullres")
     assert type(network) is rwkvsss_network
+    changed = {k for k, v in network.options.items() if reference.options[k] != v}
+    consequences = {"rwkv_depths"} if "use_rwkv" in option else set()  # no blocks: depth 0 everywhere
+    assert set(option) <= changed <= set(option) | consequences
 
 
 def test_no_generated_name_shadows_or_is_shadowed_by_nnunet():
@@ -114,6 +119,15 @@ def test_schedule_reaches_everything_derived_from_it(name, configuration, batch,
     assert sum(per_rank) == batch
     # the plans handed in are not changed (nnU-Net reuses them, e.g. for the next fold)
     assert handwritten_plans()["configurations"]["2d"]["batch_size"] == 12
+
+
+def test_only_the_smoke_schedule_drops_test_time_mirroring(results_env):
+    for name, axes in (("nnUNetTrainerRWKVSSS_smoke", None), ("nnUNetTrainerRWKVSSS_cpubudget", (0, 1, 2)),
+                       ("nnUNetTrainer_cpubudget", (0, 1, 2))):
+        trainer = _trainer(TRAINERS[name], "3d_fullres")
+        *_, training_mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        assert training_mirror_axes == (0, 1, 2)  # augmentation unchanged
+        assert trainer.inference_allowed_mirroring_axes == axes, name  # saved in checkpoints, used by predict
 
 
 def test_long_schedule_checkpoints_for_resume(results_env):
