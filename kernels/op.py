@@ -77,6 +77,11 @@ def _resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _compute_dtype(k: Tensor, v: Tensor) -> torch.dtype:
+    """float64 only for float64 inputs (gradcheck, references); fp16/bf16/fp32 run in fp32."""
+    return torch.float64 if torch.promote_types(k.dtype, v.dtype) == torch.float64 else torch.float32
+
+
 def _check_lengths(lengths: Optional[Tensor], t_max: int):
     """Value checks (data-dependent, so they live inside the op, not in the traced wrapper)."""
     if lengths is not None and lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > t_max):
@@ -87,7 +92,7 @@ def _check_lengths(lengths: Optional[Tensor], t_max: int):
 @torch.library.custom_op("nnunet_sss::bi_wkv_forward", mutates_args=())
 def _forward_op(k: Tensor, v: Tensor, w: Tensor, u: Tensor, lengths: Optional[Tensor],
                 backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, y - centre, den, key max, centre), float32: (N, T, C) x 3 and (N, C) x 2.
+    """(y, y - centre, den, key max, centre): (N, T, C) x 3 and (N, C) x 2, in _compute_dtype.
 
     The centre is v at the key max of each (sequence, channel); the backward works with
     y - centre, which stays precise where one token dominates and y is close to its value.
@@ -96,38 +101,44 @@ def _forward_op(k: Tensor, v: Tensor, w: Tensor, u: Tensor, lengths: Optional[Te
     name = _resolve(backend, k.device)
     with torch.autocast(k.device.type, enabled=False):
         if name == "cpp":
-            return tuple(_cpp_module().forward(k, v, w, u, lengths))
-        if name == "triton":
-            return tuple(_triton_module().forward(k, v, w, u, lengths))
-        return torch_scan.forward(k, v, w, u, lengths)
+            out = _cpp_module().forward(k, v, w, u, lengths)
+        elif name == "triton":
+            out = _triton_module().forward(k, v, w, u, lengths)
+        else:
+            out = torch_scan.forward(k, v, w, u, lengths)
+    dtype = _compute_dtype(k, v)
+    return tuple(x.to(dtype) for x in out)
 
 
 @_forward_op.register_fake
 def _(k, v, w, u, lengths, backend):
     n_seq, t_max, chans = k.shape
-    y = k.new_empty((n_seq, t_max, chans), dtype=torch.float32)
-    k_max = k.new_empty((n_seq, chans), dtype=torch.float32)
+    y = k.new_empty((n_seq, t_max, chans), dtype=_compute_dtype(k, v))
+    k_max = k.new_empty((n_seq, chans), dtype=_compute_dtype(k, v))
     return y, torch.empty_like(y), torch.empty_like(y), k_max, torch.empty_like(k_max)
 
 
 @torch.library.custom_op("nnunet_sss::bi_wkv_backward", mutates_args=())
 def _backward_op(grad_y: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, lengths: Optional[Tensor],
                  yc: Tensor, den: Tensor, k_max: Tensor, centre: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Float32 gradients for k, v, w, u."""
+    """Gradients for k, v, w, u, in _compute_dtype."""
     name = _resolve(backend, k.device)
     with torch.autocast(k.device.type, enabled=False):
         if name == "cpp":
-            return tuple(_cpp_module().backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre))
-        if name == "triton":
-            return tuple(_triton_module().backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre))
-        return torch_scan.backward(grad_y, k, v, w, u, lengths)
+            grads = _cpp_module().backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre)
+        elif name == "triton":
+            grads = _triton_module().backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre)
+        else:
+            grads = torch_scan.backward(grad_y, k, v, w, u, lengths)
+    dtype = _compute_dtype(k, v)
+    return tuple(g.to(dtype) for g in grads)
 
 
 @_backward_op.register_fake
 def _(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, backend):
-    grad_k = k.new_empty(k.shape, dtype=torch.float32)
-    return grad_k, torch.empty_like(grad_k), w.new_empty(w.shape, dtype=torch.float32), \
-        u.new_empty(u.shape, dtype=torch.float32)
+    dtype = _compute_dtype(k, v)
+    grad_k = k.new_empty(k.shape, dtype=dtype)
+    return grad_k, torch.empty_like(grad_k), w.new_empty(w.shape, dtype=dtype), u.new_empty(u.shape, dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):

@@ -87,23 +87,31 @@ def _num_den(geo, e_k, v):
 
 
 def forward(k, v, w, u, lengths=None):
-    """(y, y - centre, den, key max, centre) in float32, as the C++ kernel returns them.
+    """(y, y - centre, den, key max, centre) in float64; the C++ kernel returns the same in fp32.
 
     y = 0 on padding; the centre is v at the key max. Only y is used by `backward` here,
-    which recomputes the rest in float64.
+    which recomputes the rest in float64. (The op casts to float64 for float64 inputs.)
     """
+    if k.numel() == 0:  # empty N, T or C: nothing to reduce over
+        empty = torch.zeros(k.shape, dtype=torch.float64, device=k.device)
+        key = torch.zeros((k.shape[0], k.shape[2]), dtype=torch.float64, device=k.device)
+        return empty, empty.clone(), empty.clone(), key, key.clone()
     geo = _Geometry(k, w, u, lengths)
     e_k, k_max = geo.keys(k)
     num, den = _num_den(geo, e_k, geo.values(v))
     y = torch.where(geo.mask, num / den, torch.zeros_like(num))
     at_max = torch.where(geo.mask, k.to(torch.float64), -torch.inf).argmax(1, keepdim=True)
-    centre = geo.values(v).gather(1, at_max).squeeze(1).float()
+    centre = geo.values(v).gather(1, at_max).squeeze(1)
     y_centred = torch.where(geo.mask, y - centre[:, None, :], torch.zeros_like(y))
-    return y.float(), y_centred.float(), den.float(), k_max.float(), centre
+    return y, y_centred, den, k_max, centre
 
 
 def backward(grad_y, k, v, w, u, lengths=None):
-    """Gradients (float32) of sum(grad_y * y) for k, v (N, T, C) and w, u (C,)."""
+    """Gradients (float64) of sum(grad_y * y) for k, v (N, T, C) and w, u (C,)."""
+    if k.numel() == 0:
+        zeros = torch.zeros(k.shape, dtype=torch.float64, device=k.device)
+        flat = torch.zeros(k.shape[2], dtype=torch.float64, device=k.device)
+        return zeros, zeros.clone(), flat, flat.clone()
     geo = _Geometry(k, w, u, lengths)
     e_k, _ = geo.keys(k)
     v = geo.values(v)
@@ -117,4 +125,4 @@ def backward(grad_y, k, v, w, u, lengths=None):
     grad_w_seq = -(e_k * (v * geo.around_weighted(p) + geo.around_weighted(q))).sum(1, keepdim=True)
     grad_w = (grad_w_seq / geo.length).sum((0, 1))
     grad_u = (grad_u_seq / geo.length).sum((0, 1))
-    return grad_k.float(), grad_v.float(), grad_w.float(), grad_u.float()
+    return grad_k, grad_v, grad_w, grad_u

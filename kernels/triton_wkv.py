@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 64
+CHUNK = 64  # steps per chunk; shorter sequences use the next power of two >= T
 _PARTS_FWD = 4  # local sums per chunk: prefix (num, den) at its end, suffix (num, den) at its start
 _PARTS_BWD = 8  # prefix P, Q, P2, Q2 and suffix S, R, S2, R2
 
@@ -334,10 +334,15 @@ def _keys(k, v, lengths, n_chunks, grid, block_c, chunk):
     return torch.where(torch.isfinite(k_max), k_max, torch.zeros_like(k_max)), centre
 
 
-def forward(k, v, w, u, lengths, chunk=CHUNK):
+def _chunk(t_max, chunk):
+    return chunk or min(CHUNK, triton.next_power_of_2(max(t_max, 1)))
+
+
+def forward(k, v, w, u, lengths, chunk=None):
     """(y, y - centre, den, key max, centre), float32, as kernels/cpu_ext.py returns them.
 
-    chunk: steps per chunk (tests use small ones to cover the carries at small T)."""
+    chunk: steps per chunk, None for the default (tests use small ones to cover the carries
+    at small T)."""
     k, v, w, u = (x.contiguous() for x in (k, v, w, u))
     n_seq, t_max, chans = k.shape
     f32 = dict(dtype=torch.float32, device=k.device)
@@ -346,6 +351,7 @@ def forward(k, v, w, u, lengths, chunk=CHUNK):
         zeros = torch.zeros((n_seq, chans), **f32)
         return y, yc, den, zeros, zeros.clone()
     lengths = _lengths(lengths, n_seq, t_max, k.device)
+    chunk = _chunk(t_max, chunk)
     n_chunks = triton.cdiv(t_max, chunk)
     block_c = _block_c(chans)
     grid = (n_seq, triton.cdiv(chans, block_c), n_chunks)
@@ -360,7 +366,7 @@ def forward(k, v, w, u, lengths, chunk=CHUNK):
     return y, yc, den, k_max, centre
 
 
-def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, chunk=CHUNK):
+def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, chunk=None):
     """Float32 gradients for k, v, w, u."""
     grad_y, k, v, w, u = (x.contiguous() for x in (grad_y, k, v, w, u))
     n_seq, t_max, chans = k.shape
@@ -369,6 +375,7 @@ def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, chunk=CHUNK):
     if k.numel() == 0:
         return grad_k, grad_v, torch.zeros((chans,), **f32), torch.zeros((chans,), **f32)
     lengths = _lengths(lengths, n_seq, t_max, k.device)
+    chunk = _chunk(t_max, chunk)
     n_chunks = triton.cdiv(t_max, chunk)
     block_c = _block_c(chans)
     grid = (n_seq, triton.cdiv(chans, block_c), n_chunks)
