@@ -33,7 +33,7 @@ class RWKVLayer(nn.Module):
         self.norm1 = nn.LayerNorm(channels)
         self.spatial_mix = SpatialMix(channels, n_dims, window, pool, scan_mode, shift_mode, layer_id, n_layers)
         self.norm2 = nn.LayerNorm(channels)
-        self.channel_mix = ChannelMix(channels, hidden_ratio, self.spatial_mix.shift_window(), layer_id, n_layers)
+        self.channel_mix = ChannelMix(channels, hidden_ratio, self.spatial_mix.shift_windows(), layer_id, n_layers)
 
     def _forward(self, x: Tensor) -> Tensor:
         x = x + self.spatial_mix(self.norm1(x))

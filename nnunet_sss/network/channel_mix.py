@@ -13,18 +13,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import mix_init
-from .shift import shift_concat
+from .fused import squared_relu_gate
+from .shift import shift_concat, shift_starts
 from .spatial_mix import fold_mix
 
 
 class ChannelMix(nn.Module):
     """Vision-RWKV's channel mix with a hidden width of `hidden_ratio` x channels."""
 
-    def __init__(self, channels: int, hidden_ratio: float = 2, shift_window: Optional[Tuple] = None,
+    def __init__(self, channels: int, hidden_ratio: float = 2, shift_windows: Tuple = (None, None),
                  layer_id: int = 0, n_layers: int = 1):
         super().__init__()
         self.hidden = max(1, int(round(hidden_ratio * channels)))
-        self.shift_window = shift_window
+        self.shift_windows = tuple(shift_windows)  # (window, pool) as in SpatialMix.shift_windows
         self.key = nn.Linear(channels, self.hidden, bias=False)
         self.value = nn.Linear(self.hidden, channels, bias=False)
         self.receptance = nn.Linear(channels, channels, bias=False)
@@ -33,9 +34,8 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = torch.cat((fold_mix(self.key.weight, self.mix_k), fold_mix(self.receptance.weight, self.mix_r)))
-        kr = F.linear(shift_concat(x, self.shift_window), weight)
-        hidden = torch.relu(kr[..., :self.hidden]).square()
-        return torch.sigmoid(kr[..., self.hidden:]) * self.value(hidden)
+        kr = F.linear(shift_concat(x, shift_starts(x.shape[1:-1], *self.shift_windows)), weight)
+        return squared_relu_gate(kr, self.value.weight, self.hidden)
 
     def extra_repr(self) -> str:
-        return f"hidden={self.hidden}, shift_window={self.shift_window}"
+        return f"hidden={self.hidden}, shift_windows={self.shift_windows}"

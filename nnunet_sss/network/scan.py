@@ -1,9 +1,11 @@
 """Windows and scan orders: which map token sits in which Bi-WKV sequence slot, and back.
 
-A feature map of `map_size` tokens (per axis) is cut into windows of `window` tokens per axis
-(clipped to the map). Windows that do not divide the map leave shorter windows at the far
-border; each window is one sequence, flattened on its own over its real tokens and padded at
-the end (the operator takes the real lengths). Inside a window the tokens are visited along
+A feature map of `map_size` tokens (per axis) is cut into windows of at most `window` tokens
+per axis (clipped to the map): ceil(size / window) windows per axis, as equal as possible.
+Where the windows do not divide the map they differ by one token per axis and hold different
+numbers of tokens; each window is one sequence, flattened on its own over its real tokens and
+padded at the end (the operator takes the real lengths). Balanced windows keep the padding
+small (a 10-token axis with window 8 gives 5 + 5, not 8 + 2 with 6 padded slots). Inside a window the tokens are visited along
 an axis order (outermost axis first), in snake order: every turn of a row or slice is a
 step of one token, never a jump back across the window. A block scans along several axis
 orders at once; all of them go through the operator in one call.
@@ -72,7 +74,7 @@ class ScanPlan:
     """Index tensors of one (map size, window, orders, snake) partition."""
 
     map_size: Tuple[int, ...]
-    window: Tuple[int, ...]          # clipped to the map
+    window: Tuple[int, ...]          # longest window per axis
     n_orders: int                    # K
     n_windows: int                   # W
     seq_len: int                     # T = tokens of a full window
@@ -92,41 +94,59 @@ def clip_window(window: Sequence[Optional[int]], map_size: Sequence[int]) -> Tup
     return tuple(s if w is None else min(int(w), int(s)) for w, s in zip(window, map_size))
 
 
+def split_axis(size: int, window: Optional[int]) -> Tuple[int, ...]:
+    """Window lengths along one axis: ceil(size / window) windows, as equal as possible (the
+    first ones one token longer), so no window exceeds `window` and none is a sliver."""
+    size = int(size)
+    count = 1 if window is None else math.ceil(size / max(1, min(int(window), size)))
+    base, extra = divmod(size, count)
+    return (base + 1,) * extra + (base,) * (count - extra)
+
+
+def partition(map_size: Sequence[int], window: Sequence[Optional[int]]) -> Tuple[Tuple[int, ...], ...]:
+    """Window lengths per axis for a map of `map_size` tokens and windows of at most `window`."""
+    return tuple(split_axis(s, w) for s, w in zip(map_size, window))
+
+
+def window_starts(lengths: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(int(v) for v in torch.tensor((0,) + tuple(lengths[:-1])).cumsum(0))
+
+
 @functools.lru_cache(maxsize=512)
 def _build_plan(map_size: Tuple[int, ...], window: Tuple[int, ...],
                 orders: Tuple[Tuple[int, ...], ...], snake: bool) -> ScanPlan:
-    window = clip_window(window, map_size)
+    parts = partition(map_size, window)
     n_dims, n_orders = len(map_size), len(orders)
-    counts = [math.ceil(s / w) for s, w in zip(map_size, window)]
-    n_windows, seq_len, n_tokens = math.prod(counts), math.prod(window), math.prod(map_size)
+    counts = [len(p) for p in parts]
+    longest = tuple(max(p) for p in parts)
+    n_windows, seq_len, n_tokens = math.prod(counts), math.prod(longest), math.prod(map_size)
     map_strides = _row_major_strides(map_size)
     grid_strides = _row_major_strides(counts)
 
     index = torch.zeros((n_orders, n_windows, seq_len), dtype=torch.long)
     valid = torch.zeros((n_orders, n_windows, seq_len), dtype=torch.bool)
     lengths = torch.zeros(n_windows, dtype=torch.long)
-    # Windows fall in at most 2^D groups of equal real size (full, or cut at the far border
-    # of some axes); each group shares one visit order per axis order.
+    # Along each axis the windows have at most two lengths, so the windows fall in at most
+    # 2^D groups of equal shape; each group shares one visit order per axis order.
     per_axis_groups = []
-    for s, w, n in zip(map_size, window, counts):
-        last = s - (n - 1) * w
-        groups = [(w, list(range(n - 1)))] if n > 1 else []
-        if last == w and groups:
-            groups[0][1].append(n - 1)
-        else:
-            groups.append((last, [n - 1]))
-        per_axis_groups.append(groups)
+    for lengths_a in parts:
+        starts = window_starts(lengths_a)
+        groups = {}
+        for i, (n, a) in enumerate(zip(lengths_a, starts)):
+            groups.setdefault(n, ([], []))
+            groups[n][0].append(i)
+            groups[n][1].append(a)
+        per_axis_groups.append([(n, ids, origins) for n, (ids, origins) in groups.items()])
     for group in product(*per_axis_groups):
         real = tuple(g[0] for g in group)
-        grid = torch.cartesian_prod(*[torch.tensor(g[1], dtype=torch.long) for g in group])
-        grid = grid.view(-1, n_dims)
+        grid = torch.cartesian_prod(*[torch.tensor(g[1], dtype=torch.long) for g in group]).view(-1, n_dims)
+        corner = torch.cartesian_prod(*[torch.tensor(g[2], dtype=torch.long) for g in group]).view(-1, n_dims)
         window_ids = grid @ grid_strides
-        origins = (grid * torch.tensor(window, dtype=torch.long)) @ map_strides  # first token
+        origins = corner @ map_strides  # map position of each window's first token
         length = math.prod(real)
         lengths[window_ids] = length
         for k, order in enumerate(orders):
-            local = visit_order(real, order, snake)  # row-major inside the real box
-            # row-major-in-box -> position in the map
+            local = visit_order(real, order, snake)  # row-major inside the window
             box_coords = torch.stack(torch.unravel_index(local, real), 1)
             positions = origins[:, None] + (box_coords @ map_strides)[None, :]
             index[k, window_ids, :length] = positions
@@ -139,7 +159,7 @@ def _build_plan(map_size: Tuple[int, ...], window: Tuple[int, ...],
         inverse[k, flat_index[k][flat_valid[k]]] = slots[k][flat_valid[k]]
     full = bool(valid.all())
     return ScanPlan(
-        map_size=tuple(map_size), window=window, n_orders=n_orders, n_windows=n_windows,
+        map_size=tuple(map_size), window=longest, n_orders=n_orders, n_windows=n_windows,
         seq_len=seq_len, index=index.view(-1), inverse=inverse,
         lengths=None if full else lengths,
         valid=None if full else valid.view(-1, 1).float(),

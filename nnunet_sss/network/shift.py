@@ -3,8 +3,9 @@
 The channels are cut into 2*D groups (four in 2D, six in 3D) of C // (2*D) channels; group
 2a takes each token's predecessor along axis a, group 2a+1 its successor; channels left over
 stay in place. A token whose neighbour lies in another window (or outside the map) gets 0,
-so nothing crosses a partition border. Implemented with slice copies and strided zero fills
-at the window borders (no window partition); the backward is the same shift in the opposite
+so nothing crosses a partition border. Windows are those of scan.partition (balanced), given to
+the shift as the first token of each window per axis. Implemented with slice copies and zero
+fills at the window borders (no window partition); the backward is the same shift in the opposite
 directions (its adjoint), so autograd keeps no copy of the map.
 
 `shift_concat` returns [x | shift(x)] in one (B, *S, 2C) tensor: the mixes' projections then
@@ -18,72 +19,94 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .scan import split_axis, window_starts
 
-def _shift_into(x: Tensor, out: Tensor, window: Tuple[int, ...], reverse: bool) -> None:
-    """Write the shift of `x` into `out` (same shape, may be a strided view)."""
+
+def _zero(t: Tensor, dim: int, positions: Tuple[int, ...]) -> None:
+    if len(positions) == 1:
+        t.narrow(dim, positions[0], 1).zero_()
+    else:
+        t.index_fill_(dim, torch.tensor(positions, device=t.device), 0)
+
+
+def _shift_into(x: Tensor, out: Tensor, starts: Tuple[Tuple[int, ...], ...], reverse: bool) -> None:
+    """Write the shift of `x` into `out` (same shape, may be a strided view); `starts` holds
+    the first token of each window per axis."""
     n_dims = x.dim() - 2
     group = x.shape[-1] // (2 * n_dims)
     for axis in range(n_dims):
-        dim, length, w = axis + 1, x.shape[axis + 1], window[axis]
+        dim, length = axis + 1, x.shape[axis + 1]
+        firsts = starts[axis]
+        lasts = tuple(a - 1 for a in firsts[1:]) + (length - 1,)
         for direction in (0, 1):
             channels = slice((2 * axis + direction) * group, (2 * axis + direction + 1) * group)
             src, dst = x[..., channels], out[..., channels]
             if (direction == 0) != reverse:  # dst[i] = src[i - 1]; 0 where i starts a window
                 dst.narrow(dim, 1, length - 1).copy_(src.narrow(dim, 0, length - 1))
-                dst[(slice(None),) * dim + (slice(0, None, w),)] = 0
-            else:  # dst[i] = src[i + 1]; 0 where i ends a window or the map
+                _zero(dst, dim, firsts)
+            else:  # dst[i] = src[i + 1]; 0 where i ends a window
                 dst.narrow(dim, 0, length - 1).copy_(src.narrow(dim, 1, length - 1))
-                dst[(slice(None),) * dim + (slice(w - 1, None, w),)] = 0
-                dst.narrow(dim, length - 1, 1).zero_()
+                _zero(dst, dim, lasts)
     rest = slice(2 * n_dims * group, None)
     out[..., rest] = x[..., rest]
 
 
 class _Shift(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, window, concat):
-        ctx.window, ctx.concat = window, concat
+    def forward(ctx, x, starts, concat):
+        ctx.starts, ctx.concat = starts, concat
         channels = x.shape[-1]
         if not concat:
             out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            _shift_into(x, out, window, reverse=False)
+            _shift_into(x, out, starts, reverse=False)
             return out
         out = x.new_empty((*x.shape[:-1], 2 * channels))
         out[..., :channels] = x
-        _shift_into(x, out[..., channels:], window, reverse=False)
+        _shift_into(x, out[..., channels:], starts, reverse=False)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.concat:
             out = torch.empty_like(grad, memory_format=torch.contiguous_format)
-            _shift_into(grad, out, ctx.window, reverse=True)
+            _shift_into(grad, out, ctx.starts, reverse=True)
             return out, None, None
         channels = grad.shape[-1] // 2
         out = torch.empty_like(grad[..., :channels], memory_format=torch.contiguous_format)
-        _shift_into(grad[..., channels:], out, ctx.window, reverse=True)
+        _shift_into(grad[..., channels:], out, ctx.starts, reverse=True)
         return out.add_(grad[..., :channels]), None, None
 
 
-def _window(x: Tensor, window) -> Tuple[int, ...]:
-    n_dims = x.dim() - 2
-    if n_dims < 1:
-        raise ValueError(f"token shift expects (B, *spatial, C), got shape {tuple(x.shape)}")
-    if window is None:
-        window = (None,) * n_dims
-    if len(window) != n_dims:
-        raise ValueError(f"window {tuple(window)} has {len(window)} axes, the map has {n_dims}")
-    return tuple(int(s) if w is None else max(1, min(int(w), int(s))) for w, s in zip(window, x.shape[1:-1]))
+def shift_starts(size: Sequence[int], window: Optional[Sequence[Optional[int]]] = None,
+                 pool: Optional[Sequence[int]] = None) -> Tuple[Tuple[int, ...], ...]:
+    """First token of each window per axis of a map of `size`, for the windows (at most `window`
+    tokens, balanced as in scan.partition) of that map pooled by `pool`. None (or None on an
+    axis) = one window over the axis."""
+    n_dims = len(size)
+    window = (None,) * n_dims if window is None else tuple(window)
+    pool = (1,) * n_dims if pool is None else tuple(pool)
+    if len(window) != n_dims or len(pool) != n_dims:
+        raise ValueError(f"window {window} / pool {pool} must have one entry per axis of the {n_dims}D map")
+    starts = []
+    for s, w, p in zip(size, window, pool):
+        pooled = -(-int(s) // int(p))
+        starts.append(tuple(a * int(p) for a in window_starts(split_axis(pooled, w))))
+    return tuple(starts)
 
 
-def window_shift(x: Tensor, window: Optional[Sequence[Optional[int]]] = None) -> Tensor:
-    """Shift channel groups of channels-last `x` (B, *S, C) by one token inside windows.
+def _check(x: Tensor, starts) -> Tuple[Tuple[int, ...], ...]:
+    if x.dim() < 3 or len(starts) != x.dim() - 2:
+        raise ValueError(f"token shift expects (B, *spatial, C) with window starts for each spatial axis, "
+                         f"got shape {tuple(x.shape)} and {len(starts)} axes of starts")
+    return tuple(tuple(int(a) for a in axis) for axis in starts)
 
-    window: tokens per axis (None, or None on an axis: no border but the map's own).
-    """
-    return _Shift.apply(x, _window(x, window), False)
+
+def window_shift(x: Tensor, starts: Sequence[Sequence[int]]) -> Tensor:
+    """Shift channel groups of channels-last `x` (B, *S, C) by one token inside the windows
+    that begin at `starts` (per axis; see shift_starts)."""
+    return _Shift.apply(x, _check(x, starts), False)
 
 
-def shift_concat(x: Tensor, window: Optional[Sequence[Optional[int]]] = None) -> Tensor:
-    """[x | window_shift(x)] as one (B, *S, 2C) tensor."""
-    return _Shift.apply(x, _window(x, window), True)
+def shift_concat(x: Tensor, starts: Sequence[Sequence[int]]) -> Tensor:
+    """[x | window_shift(x, starts)] as one (B, *S, 2C) tensor."""
+    return _Shift.apply(x, _check(x, starts), True)

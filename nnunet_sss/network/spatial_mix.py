@@ -9,7 +9,8 @@ Low-resolution WKV: with pool p > 1, K and V are computed from the average-poole
 per axis, partial cells at the far border averaged over their real tokens), the WKV runs
 there, and its normalised output is repeated back to full resolution (nearest, so a pooled
 window never spills into the next) inside the full-resolution gate. Windows are counted in
-tokens of the map the WKV runs on, so the shift border of a window is `window * p` voxels.
+tokens of the map the WKV runs on; the token shift uses the same windows at full resolution
+(a window border at pooled token i is the border at voxel i * p).
 
 The WKV and the merge of the scan orders run in float32 even under fp16 autocast (a sum of
 several scans overflowed fp16 in Vision Mamba); the merge weights are a softmax, summing to 1.
@@ -24,9 +25,10 @@ from torch import Tensor, nn
 
 from nnunet_sss.kernels import bi_wkv
 
+from .fused import gate_project, mix_project
 from .init import mix_init, wkv_bonus_init, wkv_decay_init
 from .scan import axis_orders, scan, scan_plan, sequence_lengths, unscan
-from .shift import shift_concat
+from .shift import shift_starts
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -37,33 +39,6 @@ def at_least_fp32(x: Tensor) -> Tensor:
 def fold_mix(weight: Tensor, mix: Tensor) -> Tensor:
     """(out, C) projection of mix * x + (1 - mix) * shift(x) as an (out, 2C) one of [x | shift(x)]."""
     return torch.cat((weight * mix, weight * (1 - mix)), dim=1)
-
-
-def avg_pool_tokens(x: Tensor, pool: Tuple[int, ...]) -> Tensor:
-    """Average-pool channels-last tokens (B, *S, C) by `pool` per axis (ceil mode)."""
-    pool_fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
-    return pool_fn(x.movedim(-1, 1), pool, pool, ceil_mode=True).movedim(1, -1)
-
-
-def repeat_tokens(x: Tensor, pool: Tuple[int, ...], size: Sequence[int]) -> Tensor:
-    """Undo the pooling's cell layout: token i of each axis takes pooled token i // p."""
-    up = F.interpolate(x.movedim(-1, 1), scale_factor=pool, mode="nearest").movedim(1, -1)
-    for axis, s in enumerate(size):
-        if up.shape[axis + 1] != s:
-            up = up.narrow(axis + 1, 0, s)
-    return up
-
-
-def gate(r: Tensor, y: Tensor, pool: Tuple[int, ...]) -> Tensor:
-    """sigmoid(r) * y with y (pooled by `pool`) repeated to r's size; a broadcast, no copy,
-    when the pool divides the map."""
-    size, pooled = r.shape[1:-1], y.shape[1:-1]
-    if all(s == q * p for s, q, p in zip(size, pooled, pool)):
-        split = [d for q, p in zip(pooled, pool) for d in (q, p)]
-        ones = [d for q in pooled for d in (q, 1)]
-        out = torch.sigmoid(r).view(r.shape[0], *split, r.shape[-1]) * y.view(y.shape[0], *ones, y.shape[-1])
-        return out.view(r.shape[0], *size, out.shape[-1])
-    return torch.sigmoid(r) * repeat_tokens(y, pool, size)
 
 
 class SpatialMix(nn.Module):
@@ -89,30 +64,27 @@ class SpatialMix(nn.Module):
         # learned weights of the scan orders (softmax); a single order needs none
         self.scan_logits = nn.Parameter(torch.zeros(len(self.orders))) if len(self.orders) > 1 else None
 
-    def shift_window(self) -> Optional[Tuple[Optional[int], ...]]:
-        """The shift's window in voxels of the full-resolution map (None: the whole map)."""
-        if self.shift_mode == "global":
-            return None
-        return tuple(None if w is None else w * p for w, p in zip(self.window, self.pool))
+    def shift_windows(self):
+        """(window, pool) of the token shift: the WKV's windows mapped to full resolution, or
+        (None, None) = the whole map for the global-shift ablation."""
+        return (None, None) if self.shift_mode == "global" else (self.window, self.pool)
 
     def scan_weights(self) -> Optional[Tensor]:
         return None if self.scan_logits is None else torch.softmax(at_least_fp32(self.scan_logits), 0)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, size, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
-        both = shift_concat(x, self.shift_window())  # [x | shift(x)]
-        r = F.linear(both, fold_mix(self.receptance.weight, self.mix_r))
         pool = tuple(min(p, s) for p, s in zip(self.pool, size))
-        if any(p > 1 for p in pool):
-            both = avg_pool_tokens(both, pool)
-        wkv_size = both.shape[1:-1]
         kv_weight = torch.cat((fold_mix(self.key.weight, self.mix_k), fold_mix(self.value.weight, self.mix_v)))
-        kv = at_least_fp32(F.linear(both, kv_weight)).reshape(batch, -1, 2 * channels)
+        r, kv = mix_project(x, fold_mix(self.receptance.weight, self.mix_r), kv_weight,
+                            shift_starts(size, *self.shift_windows()), pool)
+        wkv_size = kv.shape[1:-1]
+        kv = at_least_fp32(kv).reshape(batch, -1, 2 * channels)
         plan = scan_plan(wkv_size, self.window, self.orders, self.snake, x.device)
         y = bi_wkv(scan(kv[..., :channels], plan), scan(kv[..., channels:], plan), self.decay, self.bonus,
                    lengths=sequence_lengths(plan, batch))
         y = self.norm(unscan(y, plan, self.scan_weights()).view(batch, *wkv_size, channels))
-        return self.output(gate(r, y, pool))
+        return gate_project(r, y, self.output.weight, pool)
 
     def extra_repr(self) -> str:
         return f"window={self.window}, pool={self.pool}, orders={self.orders}, snake={self.snake}, shift={self.shift_mode}"

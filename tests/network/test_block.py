@@ -5,6 +5,8 @@ import torch
 import nnunet_sss.network.spatial_mix as spatial_mix_module
 from nnunet_sss.network.block import RWKVLayer, StageScanBlock
 
+from test_shift import _windows
+
 
 def _crop(x, starts, sizes):
     for axis, (a, n) in enumerate(zip(starts, sizes)):
@@ -24,18 +26,17 @@ def _layer(n_dims, window, pool, scan_mode="stage", channels=12):
 
 @pytest.mark.parametrize("size,window,pool", [
     ((7, 6), (4, 4), (1, 1)),           # border windows of 3x4, 4x2, 3x2 tokens
-    ((7, 12), (2, 4), (2, 2)),          # pooled WKV: windows of 4x8 voxels, border 3x... voxels
+    ((7, 12), (2, 4), (2, 2)),          # pooled WKV, map not divisible by the pool
+    ((8, 12), (2, 2), (2, 2)),          # pooled WKV, fused path
     ((5, 6, 4), (4, 4, 2), (1, 1, 1)),
     ((6, 5, 8), (2, 2, 2), (2, 2, 2)),
+    ((8, 4, 12), (2, 2, 4), (2, 2, 1)),
 ])
 def test_each_window_equals_its_tokens_alone(size, window, pool):
     layer = _layer(len(size), window, pool)
     x = torch.randn(2, *size, 12, dtype=torch.float64, requires_grad=True)
     out = layer(x)
-    voxels = [w * p for w, p in zip(window, pool)]
-    origins = torch.cartesian_prod(*[torch.arange(0, s, v) for s, v in zip(size, voxels)]).view(-1, len(size))
-    for origin in origins.tolist():
-        sizes = [min(v, s - a) for a, v, s in zip(origin, voxels, size)]
+    for origin, sizes in _windows(size, window, pool):
         alone_in = _crop(x.detach(), origin, sizes).contiguous().requires_grad_()
         alone = layer(alone_in)
         torch.testing.assert_close(_crop(out, origin, sizes), alone)
@@ -52,7 +53,7 @@ def test_each_window_equals_its_tokens_alone(size, window, pool):
 def test_global_shift_does_cross_windows():
     layer = _layer(2, (4, 4), (1, 1))
     layer.spatial_mix.shift_mode = "global"
-    layer.channel_mix.shift_window = None
+    layer.channel_mix.shift_windows = (None, None)
     x = torch.randn(1, 8, 8, 12, dtype=torch.float64)
     out = layer(x)
     alone = layer(x[:, :4, :4].contiguous())
