@@ -13,20 +13,37 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BASELINE = "nnUNetTrainer"
 RWKVSSS = "nnUNetTrainerRWKVSSS"
 PHANTOM_ID, PHANTOM_NAME = 990, "Phantom"
-# budget -> (schedule suffix of nnunet_sss.training.schedules, phantom cases (train, test))
+
+
+@dataclass(frozen=True)
+class Budget:
+    schedule: str                       # suffix of a schedule in nnunet_sss.training.schedules
+    num_train: int                      # phantom cases (ignored for --dataset)
+    num_test: int
+    shape: tuple | None                 # phantom volume (z, y, x); None: the phantom's default
+    bench_steps: int                    # timed train steps per network in the report
+    bench_warmup: int
+    bench_memory: bool = True           # peak memory costs a subprocess per network
+
+
 BUDGETS = {
-    "tiny": ("smoke", (10, 2)),      # CI: proves the pipeline, not the networks
-    "demo": ("demo", (24, 6)),       # the main job: < 10 min on 2 CPU cores
-    "cpubudget": ("cpubudget", (24, 6)),
+    # CI: proves the pipeline end to end, not the networks (smaller volumes: fewer, cheaper steps)
+    "tiny": Budget("smoke", 10, 2, (24, 28, 24), bench_steps=1, bench_warmup=0, bench_memory=False),
+    # the main job: < 10 min on 2 CPU cores
+    "demo": Budget("demo", 24, 6, None, bench_steps=2, bench_warmup=1),
+    # ../shared/protocols/hippocampus-cpu.md's schedule
+    "cpubudget": Budget("cpubudget", 24, 6, None, bench_steps=5, bench_warmup=2),
 }
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_\S+$")
 
@@ -35,11 +52,19 @@ class DemoError(RuntimeError):
     """A demo step failed; the message names the step and its log."""
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of every finished subprocess, their workers included."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class Progress:
-    """Stage names and elapsed time on stdout."""
+    """Stage names, elapsed wall time and CPU time on stdout. CPU time bounds the wall time a
+    stage needs on an otherwise idle machine (more cores only shorten it), which makes the run
+    comparable across busy and idle machines."""
 
     def __init__(self, total: int):
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
         self.total = total
         self.index = 0
 
@@ -47,13 +72,17 @@ class Progress:
         seconds = int(time.perf_counter() - self.start)
         return f"{seconds // 60:d}:{seconds % 60:02d}"
 
-    def stage(self, name: str) -> float:
+    def cpu(self) -> float:
+        return cpu_seconds() - self.cpu_start
+
+    def stage(self, name: str) -> tuple[float, float]:
         self.index += 1
         print(f"[{self.elapsed()}] ({self.index}/{self.total}) {name}", flush=True)
-        return time.perf_counter()
+        return time.perf_counter(), cpu_seconds()
 
-    def done(self, started: float, what: str = "done") -> None:
-        print(f"[{self.elapsed()}]     {what} in {time.perf_counter() - started:.0f} s", flush=True)
+    def done(self, started: tuple[float, float], what: str = "done") -> None:
+        wall, cpu = time.perf_counter() - started[0], cpu_seconds() - started[1]
+        print(f"[{self.elapsed()}]     {what} in {wall:.0f} s (CPU {cpu:.0f} s)", flush=True)
 
     def say(self, text: str) -> None:
         print(f"[{self.elapsed()}]     {text}", flush=True)
@@ -177,7 +206,8 @@ def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None
     """The main job; returns the path of comparison.md."""
     if budget not in BUDGETS:
         raise DemoError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
-    suffix, (num_train, num_test) = BUDGETS[budget]
+    plan = BUDGETS[budget]
+    suffix, num_train, num_test = plan.schedule, plan.num_train, plan.num_test
     from nnunet_sss.training import SCHEDULES, TRAINERS
 
     schedule = SCHEDULES[suffix]
@@ -207,7 +237,7 @@ def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None
     def step(name: str, key: str, commands: list[list[str]], echo=None) -> None:
         started = progress.stage(name)
         if _done(logs / f"{key}.done"):
-            progress.done(started, "already done, skipped")
+            progress.say("already done, skipped")
             return
         for command in commands:
             run_tool(command, env, logs / f"{key}.log", echo)
@@ -225,13 +255,16 @@ def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None
     elif _done(logs / "dataset.done"):
         progress.say(f"{dataset_name} already written")
     else:
-        from nnunet_sss.phantom import write_phantom_dataset
+        from nnunet_sss.phantom import DEFAULT_SHAPE, write_phantom_dataset
 
         if raw_dataset.exists():
             shutil.rmtree(raw_dataset)  # half-written by an interrupted run
-        write_phantom_dataset(raw, PHANTOM_ID, PHANTOM_NAME, num_train=num_train, num_test=num_test, seed=seed)
+        shape = plan.shape or DEFAULT_SHAPE
+        write_phantom_dataset(raw, PHANTOM_ID, PHANTOM_NAME, num_train=num_train, num_test=num_test,
+                              shape=shape, seed=seed)
         _mark(logs / "dataset.done")
-        progress.say(f"synthetic phantom {dataset_name}: {num_train} training + {num_test} test cases")
+        progress.say(f"synthetic phantom {dataset_name}: {num_train} training + {num_test} test cases of "
+                     f"{'x'.join(map(str, shape))} voxels")
     if not has_test:
         progress.say("no imagesTs/labelsTs: the report compares the cross-validation fold only")
     progress.done(started)
@@ -274,7 +307,8 @@ def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     comparison = run_comparison(dataset_id, [configuration], names, [fold], work / "report",
                                 results_dir=work / "nnUNet_results", test_folders=test_folders,
-                                benchmark=benchmark, bench_device=device, bench_steps=3, bench_warmup=1,
+                                benchmark=benchmark, bench_device=device, bench_steps=plan.bench_steps,
+                                bench_warmup=plan.bench_warmup, bench_memory=plan.bench_memory,
                                 progress=progress.say)
     progress.done(started)
     print_summary(comparison, work / "report" / "comparison.md", progress)
@@ -307,7 +341,7 @@ def print_summary(comparison: dict, report: Path, progress: Progress) -> None:
             if wall is not None:
                 parts.append(f"training {wall / 60:.1f} min")
             print(f"  {label:<60} {', '.join(parts) or net.get('error', 'n/a')}")
-    print(f"\nreport: {report} (total {progress.elapsed()})", flush=True)
+    print(f"\nreport: {report} (total {progress.elapsed()} wall, {progress.cpu() / 60:.1f} min CPU)", flush=True)
 
 
 def register(subparsers) -> None:
@@ -323,7 +357,8 @@ def register(subparsers) -> None:
     p.add_argument("-tr", dest="trainers", nargs=2, default=[BASELINE, RWKVSSS], metavar=("BASELINE", "OTHER"),
                    help=f"the two trainers; the budget's schedule suffix is appended (default: {BASELINE} {RWKVSSS})")
     p.add_argument("-device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("-np", dest="processes", type=int, default=None, help="worker processes for nnU-Net's pools (default: 1 for the phantom, else min(4, cores))")
+    p.add_argument("-np", dest="processes", type=int, default=None,
+                   help="worker processes of nnU-Net's pools (default: 1 for the phantom, else min(4, cores))")
     p.add_argument("--no_benchmark", action="store_true", help="skip measuring the networks in the report")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic phantom (default: 0)")
     p.set_defaults(func=main)

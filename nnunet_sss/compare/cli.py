@@ -1,4 +1,7 @@
-"""`nnunet-sss compare`: nnU-Net's flag conventions (-d -c -tr -p -f), output in -o."""
+"""`nnunet-sss compare`: trainers and their ensembles, compared from nnU-Net results folders.
+
+Flags follow nnU-Net (-d -c -tr -p -f); output in -o.
+"""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--bench_device", default="cpu", help="device for the network measurement (default: cpu)")
     p.add_argument("--bench_steps", type=int, default=5, help="timed train steps per network (default: 5)")
     p.add_argument("--bench_warmup", type=int, default=2, help="untimed warm-up steps (default: 2)")
+    p.add_argument("--bench_no_memory", action="store_true",
+                   help="skip the peak-memory measurement (a subprocess per network)")
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES,
                    help=f"bootstrap resamples (default: {BOOTSTRAP_RESAMPLES})")
     p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help=f"bootstrap seed (default: {BOOTSTRAP_SEED})")
@@ -62,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
                        plans=args.plans, results_dir=args.results_dir, ensembles=not args.no_ensembles,
                        test_folders=args.test_folders, benchmark=not args.no_benchmark,
                        bench_device=args.bench_device, bench_steps=args.bench_steps,
-                       bench_warmup=args.bench_warmup, resamples=args.bootstrap, seed=args.seed)
+                       bench_warmup=args.bench_warmup, bench_memory=not args.bench_no_memory,
+                       resamples=args.bootstrap, seed=args.seed)
     except ComparisonInputError as exc:
         print(f"nnunet-sss compare: {exc}", file=sys.stderr)
         return 2

@@ -49,7 +49,8 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
                    plans: Sequence[str] = ("nnUNetPlans",), results_dir: str | os.PathLike | None = None,
                    ensembles: bool = True, test_folders: Sequence[tuple[str, str]] = (),
                    benchmark: bool = True, bench_device: str = "cpu", bench_steps: int = 5,
-                   bench_warmup: int = 2, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                   bench_warmup: int = 2, bench_memory: bool = True, resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED,
                    progress: Callable[[str], None] | None = print) -> dict:
     """Compare trained models (trainers x configurations x plans) on `folds`, with their ensembles and
     optional test-set prediction folders ((label, folder) pairs evaluated by nnUNetv2_evaluate_folder).
@@ -96,7 +97,7 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
     groups[VALIDATION]["title"] = f"Cross-validation, fold(s) {', '.join(map(str, folds))}"
     if tests:
         groups[TEST] = build_group(tests, resamples, seed)
-        groups[TEST]["title"] = "Test set (nnUNetv2_predict + nnUNetv2_evaluate_folder)"
+        groups[TEST]["title"] = "Test set"
     for name, group in groups.items():
         group["plots"] = [str(p) for p in plot_group(group, name, out)]
         for entry in group["entries"]:
@@ -113,7 +114,7 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
             try:
                 efficiency[label]["network"] = eff.measure_trainer_network(
                     m.folder, m.trainer, m.configuration, device=bench_device, steps=bench_steps,
-                    warmup=bench_warmup)
+                    warmup=bench_warmup, memory=bench_memory)
             except Exception as exc:  # the report says why, the rest of the comparison stands
                 efficiency[label]["network"] = {"error": f"{type(exc).__name__}: {exc}"}
                 notes.append(f"{label}: network not measured: {type(exc).__name__}: {exc}")

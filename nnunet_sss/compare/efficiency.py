@@ -91,10 +91,11 @@ def build_trainer_network(model_folder: Path, trainer: str, configuration: str):
 
 
 def measure_trainer_network(model_folder: Path, trainer: str, configuration: str, *, device: str = "cpu",
-                            steps: int = 5, warmup: int = 2) -> dict:
+                            steps: int = 5, warmup: int = 2, memory: bool = True) -> dict:
     """measure_network's numbers for this model's network at its plans' patch and batch size."""
     from nnunet_sss.bench.measure import measure_network
 
     network, input_shape, batch_size = build_trainer_network(model_folder, trainer, configuration)
-    measured = measure_network(network, input_shape, batch_size, device=device, steps=steps, warmup=warmup)
+    measured = measure_network(network, input_shape, batch_size, device=device, steps=steps, warmup=warmup,
+                               memory=memory)
     return {"network_class": f"{type(network).__module__}.{type(network).__qualname__}", **measured.as_dict()}

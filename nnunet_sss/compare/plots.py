@@ -18,6 +18,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
@@ -45,11 +52,7 @@ def paired_plot(group: dict, key: str, a: dict, b: dict, metric: str, out_dir: P
         ax.set_title(f"{_class_title(k, a)}\n{metric}, {above}/{len(xa)} cases above the diagonal",
                      fontsize=9)
     fig.suptitle(f"{group['title']}: per-case {metric}", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"paired_{key}_{metric}_{_slug(a['label'])}_vs_{_slug(b['label'])}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / f"paired_{key}_{metric}_{_slug(a['label'])}_vs_{_slug(b['label'])}.png")
 
 
 def class_bar_plot(group: dict, key: str, metric: str, out_dir: Path) -> Path:
@@ -75,11 +78,7 @@ def class_bar_plot(group: dict, key: str, metric: str, out_dir: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"{group['title']}: {metric} per class", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"classes_{key}_{metric}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / f"classes_{key}_{metric}.png")
 
 
 def plot_group(group: dict, key: str, out_dir: Path, metric: str = "Dice") -> list[Path]:

@@ -28,6 +28,8 @@ def write_json(comparison: dict, path: Path) -> None:
 def _num(x, digits=4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
+    if abs(x) >= 100:  # voxel counts (TP, FP, ...): decimals say nothing
+        return f"{x:.1f}"
     return f"{x:.{digits}f}"
 
 
@@ -160,6 +162,67 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
     return lines
 
 
+def _sortable(x) -> float:
+    return x if x is not None and math.isfinite(x) else float("-inf")
+
+
+def _find_pair(group: dict, a: str, b: str) -> dict | None:
+    for p in group["paired"]:
+        if p["a"] == a and p["b"] == b and p["metric"] == "Dice" and p["class"] == FOREGROUND:
+            return p
+    return None
+
+
+def _pair_line(p: dict, what: str) -> str:
+    return (f"- {what}: {_num(p['mean_b'])} vs {_num(p['mean_a'])}, difference {p['mean_difference']:+.4f} "
+            f"[95% CI {p['ci_low']:+.4f}, {p['ci_high']:+.4f}], Wilcoxon p = {_num(p['p_value'], 3)}, "
+            f"better on {p['wins']} of {p['n']} cases")
+
+
+def _headline(comparison: dict) -> list[str]:
+    """The answer first: each model against the first (the baseline), each ensemble against the best
+    single model, and the cost ratios."""
+    lines = ["## In short", ""]
+    for group in comparison["groups"].values():
+        entries = group["entries"]
+        singles = [e for e in entries if e["kind"] != "ensemble"]
+        ensembles = [e for e in entries if e not in singles]
+        if not singles:
+            continue
+        n = len(group["cases"])
+        lines += [f"{group['title']} ({n} cases), foreground Dice:", ""]
+        if n <= 10:
+            lines += [f"(With {n} cases a two-sided Wilcoxon p-value cannot go below {2 / 2 ** n:.3g}: "
+                      "read the interval and the per-case plot.)", ""]
+        base = singles[0]
+        for other in singles[1:]:
+            p = _find_pair(group, base["label"], other["label"])
+            if p:
+                lines.append(_pair_line(p, f"{other['label']} vs {base['label']}"))
+        best = max(singles, key=lambda e: _sortable(e["summary"][FOREGROUND]["Dice"]["mean"]))
+        for ens in ensembles:
+            p = _find_pair(group, best["label"], ens["label"])
+            if p:
+                lines.append(_pair_line(p, f"{ens['label']} vs the best single model ({best['label']})"))
+        lines.append("")
+    efficiency = comparison.get("efficiency", {})
+    if len(efficiency) > 1:
+        (base_label, base), *others = efficiency.items()
+        for label, eff in others:
+            ratios = []
+            for name, key in (("parameters", "params"), ("FLOPs", "flops_forward"), ("train step", "step_time_s"),
+                              ("peak training memory", "peak_memory_bytes")):
+                a, b = (base.get("network") or {}).get(key), (eff.get("network") or {}).get(key)
+                if a and b is not None:
+                    ratios.append(f"{name} {b / a:.2f}x")
+            a, b = base["training"].get("train_wall_s_total"), eff["training"].get("train_wall_s_total")
+            if a and b is not None:
+                ratios.append(f"training wall time {b / a:.2f}x")
+            if ratios:
+                lines += [f"Cost of {label} relative to {base_label}: {', '.join(ratios)}.", ""]
+    return lines
+
+
 def write_markdown(comparison: dict, path: Path) -> None:
     settings = comparison["settings"]
     lines = [f"# Comparison on {comparison['dataset']}", "",
@@ -168,7 +231,8 @@ def write_markdown(comparison: dict, path: Path) -> None:
              f"folds: {', '.join(map(str, comparison['folds']))}.", ""]
     if comparison.get("notes"):
         lines += ["Notes:", ""] + [f"- {n}" for n in comparison["notes"]] + [""]
-    for name, group in comparison["groups"].items():
+    lines += _headline(comparison)
+    for group in comparison["groups"].values():
         lines += _group_markdown(group["title"], group, settings)
     lines += _efficiency_markdown(comparison.get("efficiency", {}))
     lines += ["## How the numbers are made", "",

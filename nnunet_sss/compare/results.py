@@ -205,8 +205,11 @@ def find_ensembles(root: Path, dataset: str, identifiers: Iterable[str], folds: 
     if not folder.is_dir():
         return entries, notes
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        prefix, *members, fold_text = sub.name.split("___")
-        if prefix != "ensemble" or not members or fold_text != folds_string(folds) or not set(members) <= wanted:
+        parts = sub.name.split("___")
+        if len(parts) < 4 or parts[0] != "ensemble":
+            continue
+        members, fold_text = parts[1:-1], parts[-1]
+        if fold_text != folds_string(folds) or not set(members) <= wanted:
             continue
         summary = sub / "summary.json"
         if not summary.is_file():
@@ -223,7 +226,8 @@ def find_ensembles(root: Path, dataset: str, identifiers: Iterable[str], folds: 
 
 
 def load_prediction_folder(label: str, folder: str | os.PathLike, problems: list[str]) -> Entry | None:
-    """A folder of predictions evaluated by nnUNetv2_evaluate_folder (summary.json inside)."""
+    """A folder of predictions (nnUNetv2_predict or nnUNetv2_ensemble) evaluated by
+    nnUNetv2_evaluate_folder (summary.json inside)."""
     folder = Path(folder)
     if not folder.is_dir():
         problems.append(f"{label}: prediction folder {folder} does not exist")
@@ -232,7 +236,9 @@ def load_prediction_folder(label: str, folder: str | os.PathLike, problems: list
     if loaded is None:
         return None
     per_case, means = loaded
-    return Entry(name=label, kind="predictions", folder=folder, source=str(folder / "summary.json"),
+    # nnUNetv2_predict leaves predict_from_raw_data_args.json next to its output, nnUNetv2_ensemble does not
+    kind = "predictions" if (folder / "predict_from_raw_data_args.json").is_file() else "ensemble"
+    return Entry(name=label, kind=kind, folder=folder, source=str(folder / "summary.json"),
                  per_case=per_case, nnunet_summary={**means, "file": str(folder / "summary.json")})
 
 

@@ -15,7 +15,6 @@ Conventions (also written into every report):
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -79,6 +78,8 @@ def paired_comparison(a, b, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BO
     elif np.all(d == 0):
         out.update(wilcoxon_statistic=0.0, p_value=1.0, note="all differences are zero")
     else:
+        from scipy import stats as scipy_stats  # imported here: `nnunet-sss --help` stays quick
+
         res = scipy_stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
         out.update(wilcoxon_statistic=float(res.statistic), p_value=float(res.pvalue), note="")
     return out

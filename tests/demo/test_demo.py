@@ -1,0 +1,49 @@
+"""The main job in its smallest form: it runs end to end and its report answers the question."""
+import json
+import math
+
+import pytest
+
+from nnunet_sss.demo import DemoError, run_demo
+from nnunet_sss.training import SCHEDULES
+
+from .conftest import SUFFIX, TRAINERS
+
+
+def test_report_exists_with_finite_dice_for_both_trainers(demo_run):
+    comparison = json.loads((demo_run.report / "comparison.json").read_text())
+    md = (demo_run.report / "comparison.md").read_text()
+    for group in ("validation", "test"):
+        entries = {e["label"]: e for e in comparison["groups"][group]["entries"]}
+        for trainer in TRAINERS:
+            dice = entries[trainer]["summary"]["foreground_mean"]["Dice"]
+            assert math.isfinite(dice["mean"]) and 0.0 <= dice["mean"] <= 1.0
+            assert trainer in md
+    assert "Paired per-case comparison" in md and "## Efficiency" in md
+
+
+def test_progress_names_every_stage_with_elapsed_time(demo_run):
+    out = demo_run.stdout
+    for stage in ("dataset", "nnUNetv2_plan_and_preprocess", f"nnUNetv2_train {TRAINERS[0]}",
+                  f"nnUNetv2_train {TRAINERS[1]}", "nnUNetv2_find_best_configuration", "nnUNetv2_predict",
+                  "nnUNetv2_ensemble", "nnunet-sss compare"):
+        assert stage in out, stage
+    epochs = SCHEDULES[SUFFIX].epochs
+    assert out.count(f"epoch {epochs}/{epochs}:") == 2  # one line per epoch, per trainer
+    assert "(9/9) nnunet-sss compare" in out and "report:" in out
+
+
+def test_a_workspace_is_not_reused_with_other_settings(demo_run):
+    with pytest.raises(DemoError, match="other settings"):
+        run_demo(demo_run.root, budget="tiny", seed=1)
+
+
+def test_a_folder_that_is_not_an_nnunet_dataset_is_refused(tmp_path):
+    bad = tmp_path / "my_images"
+    bad.mkdir()
+    with pytest.raises(DemoError, match="DatasetXXX_Name"):
+        run_demo(tmp_path / "out", dataset=bad, budget="tiny")
+    named = tmp_path / "Dataset123_Mine"
+    named.mkdir()
+    with pytest.raises(DemoError, match="no dataset.json"):
+        run_demo(tmp_path / "out2", dataset=named, budget="tiny")
