@@ -144,6 +144,7 @@ def _(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, backend):
 def _setup_context(ctx, inputs, output):
     k, v, w, u, lengths, backend = inputs
     _, yc, den, k_max, centre = output
+    ctx.set_materialize_grads(False)  # no zero-filled (N, T, C) gradients for yc and den
     ctx.backend = backend
     ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype)
     ctx.save_for_backward(k, v, w, u, lengths, yc, den, k_max, centre)
@@ -151,6 +152,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, *unused_grads):
     k, v, w, u, lengths, yc, den, k_max, centre = ctx.saved_tensors
+    if grad_y is None:  # only the internal outputs were used: they carry no gradient
+        grad_y = torch.zeros_like(yc)
     grads = _backward_op(grad_y.contiguous(), k, v, w, u, lengths, yc, den, k_max, centre, ctx.backend)
     grads = tuple(g.to(dtype) for g, dtype in zip(grads, ctx.dtypes))
     return (*grads, None, None)

@@ -1,0 +1,191 @@
+"""Bi-WKV speed and memory: `python -m nnunet_sss.bench.wkv` (a benchmark, not a test).
+
+CPU, for T in {1k, 4k, 16k, 64k}, C = 64, N = 8, and for network shapes (large N, moderate T,
+small C): forward and forward+backward time of the O(T) path used in training (backend
+'cpp', or 'torch' where the extension cannot be built), against a plain elementwise pass over
+the same k and v (exp(k) * v: the memory-bound floor), all measured interleaved in this run.
+Effective bandwidth counts the bytes the operator cannot avoid: forward reads k, v and writes
+y (12 B per element, the same as the floor); forward+backward adds reading k, v, grad y and
+writing grad k, grad v (32 B per element). Also: peak extra resident memory of the backward
+(in units of N*T*C fp32), the growth of time with T, and the speed-up over the O(T^2) float64
+reference where that fits. On a CUDA GPU, also Triton forward+backward at T = 64k, C = 256
+against the PyTorch path on the same GPU, as a share of the card's peak bandwidth.
+
+Goals (docs/kernels.md): 16x T costs at most 20x time; forward <= 6x and forward+backward
+<= 12x the floor; backward extra memory <= 4 N T C fp32; Triton >= half the card's peak.
+"""
+import argparse
+import ctypes
+import time
+from pathlib import Path
+
+import torch
+
+from nnunet_sss.kernels import bi_wkv, bi_wkv_reference, op
+
+FWD_BYTES = 12   # per element: read k, v; write y
+STEP_BYTES = 32  # forward + backward: also read k, v, grad y; write grad k, grad v
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_times(fns, repeats, device):
+    """Fastest of `repeats` runs of each fn (seconds), round-robin so that machine load hits
+    them alike; the minimum is the least disturbed by other processes on a shared machine."""
+    for fn in fns.values():  # warm-up (builds, autotuning, page faults)
+        fn()
+    _sync(device)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: min(s) for name, s in samples.items()}
+
+
+def _inputs(n, t, c, device, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    k = (torch.rand(n, t, c, generator=gen) * 6 - 3).to(device)
+    v = torch.randn(n, t, c, generator=gen).to(device)
+    w = torch.randn(c, generator=gen).to(device)
+    u = torch.randn(c, generator=gen).to(device)
+    grad_y = torch.randn(n, t, c, generator=gen).to(device)
+    return k, v, w, u, grad_y
+
+
+def _step_fn(k, v, w, u, grad_y, backend):
+    leaves = [x.detach().requires_grad_() for x in (k, v, w, u)]
+
+    def step():
+        for x in leaves:
+            x.grad = None
+        bi_wkv(*leaves, backend=backend).backward(grad_y)
+
+    return step
+
+
+def _rss_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def backward_extra_memory(k, v, w, u, grad_y, backend):
+    """Peak resident memory the backward adds (bytes), via VmHWM reset; None if unsupported."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        leaves = [x.detach().requires_grad_() for x in (k, v, w, u)]
+        y = bi_wkv(*leaves, backend=backend)
+        libc.malloc_trim(0)
+        before = _rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        y.backward(grad_y)
+        return (_rss_kib("VmHWM") - before) * 1024
+    except (OSError, KeyError):
+        return None
+
+
+def cpu_rows(shapes, repeats, reference_limit, with_torch_chain):
+    device = torch.device("cpu")
+    backend = op._resolve("auto", device)
+    print(f"CPU: {torch.get_num_threads()} threads, backend '{backend}' (the training path)")
+    header = ("N", "T", "C", "floor ms", "fwd ms", "fwd/floor", "f+b ms", "f+b/floor", "fwd GB/s",
+              "f+b GB/s", "floor GB/s", "bwd mem/NTC", "ref fwd ms", "ref/fwd", "torch fwd ms")
+    print(" ".join(f"{h:>11}" for h in header))
+    times = {}
+    for n, t, c in shapes:
+        k, v, w, u, grad_y = _inputs(n, t, c, device)
+        elems = n * t * c
+        fns = {
+            "floor": lambda: torch.exp(k) * v,
+            "fwd": lambda: bi_wkv(k, v, w, u, backend=backend),
+            "step": _step_fn(k, v, w, u, grad_y, backend),
+        }
+        if with_torch_chain and elems <= (1 << 22):
+            fns["torch"] = lambda: bi_wkv(k, v, w, u, backend="torch")
+        res = _best_times(fns, repeats, device)
+        ref_ms = ""
+        if n * c * t * t <= reference_limit:
+            with torch.no_grad():
+                start = time.perf_counter()
+                bi_wkv_reference(k, v, w, u)
+                ref_ms = (time.perf_counter() - start) * 1e3
+        extra = backward_extra_memory(k, v, w, u, grad_y, backend)
+        times[(n, t, c)] = res
+        row = (n, t, c, res["floor"] * 1e3, res["fwd"] * 1e3, res["fwd"] / res["floor"], res["step"] * 1e3,
+               res["step"] / res["floor"], FWD_BYTES * elems / res["fwd"] / 1e9,
+               STEP_BYTES * elems / res["step"] / 1e9, FWD_BYTES * elems / res["floor"] / 1e9,
+               "n/a" if extra is None else extra / (4 * elems),
+               ref_ms, ref_ms / (res["fwd"] * 1e3) if ref_ms else "",
+               res["torch"] * 1e3 if "torch" in res else "")
+        print(" ".join(f"{x:>11.3g}" if isinstance(x, float) else f"{x!s:>11}" for x in row), flush=True)
+    return times
+
+
+def linearity(times, n, c):
+    """16x T -> how many times the time (goal: at most 20x)."""
+    ts = sorted(t for (nn, t, cc) in times if nn == n and cc == c)
+    for t in ts:
+        if 16 * t in ts:
+            for key in ("fwd", "step"):
+                ratio = times[(n, 16 * t, c)][key] / times[(n, t, c)][key]
+                print(f"T {t} -> {16 * t} (16x): {key} time x{ratio:.1f}")
+
+
+def peak_bandwidth(props):
+    """Bytes/s of the card's memory (double data rate), or None where torch does not say."""
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
+
+
+def gpu_rows(n, t, c, repeats):
+    device = torch.device("cuda")
+    props = torch.cuda.get_device_properties(device)
+    peak = peak_bandwidth(props)
+    print(f"\nGPU: {props.name}, peak memory bandwidth "
+          + (f"{peak / 1e9:.0f} GB/s" if peak else "unknown"))
+    k, v, w, u, grad_y = _inputs(n, t, c, device)
+    elems = n * t * c
+    fns = {"triton fwd": lambda: bi_wkv(k, v, w, u, backend="triton"),
+           "triton f+b": _step_fn(k, v, w, u, grad_y, "triton"),
+           "torch f+b": _step_fn(k, v, w, u, grad_y, "torch"),
+           "floor": lambda: torch.exp(k) * v}
+    res = _best_times(fns, repeats, device)
+    for name, sec in res.items():
+        moved = (STEP_BYTES if "f+b" in name else FWD_BYTES) * elems
+        share = f", {moved / sec / peak:.0%} of peak" if peak else ""
+        print(f"N={n} T={t} C={c} {name:>10}: {sec * 1e3:9.2f} ms, {moved / sec / 1e9:8.1f} GB/s{share}")
+    print(f"Triton forward+backward is {res['torch f+b'] / res['triton f+b']:.1f}x faster than the PyTorch path")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--c", type=int, default=64)
+    parser.add_argument("--network-shapes", nargs="*", default=["4096x512x32", "2048x64x320"],
+                        help="extra N x T x C shapes, as in the network's Stage Scan")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference-limit", type=float, default=6e8,
+                        help="run the O(T^2) reference where N*C*T^2 is at most this")
+    parser.add_argument("--gpu-shape", default="8x65536x256")
+    args = parser.parse_args(argv)
+    shapes = [(args.n, t, args.c) for t in args.lengths]
+    shapes += [tuple(int(x) for x in s.split("x")) for s in args.network_shapes]
+    times = cpu_rows(shapes, args.repeats, args.reference_limit, with_torch_chain=True)
+    linearity(times, args.n, args.c)
+    if torch.cuda.is_available():
+        gpu_rows(*(int(x) for x in args.gpu_shape.split("x")), args.repeats)
+    else:
+        print("\nNo CUDA GPU here: the Triton figures are not measured in this run.")
+
+
+if __name__ == "__main__":
+    main()
