@@ -9,7 +9,8 @@ with no graph break. The backend is picked at run time inside the op, from the d
               fallback when the other two are unavailable (with one warning)
 
 Inputs may be fp16/bf16/fp32 (mixed too); the scan runs in fp32, autocast cannot lower it
-(nothing inside the op is autocast-dispatched), and the result has v's dtype.
+(nothing inside the op is autocast-dispatched), and the result has v's dtype. float64 inputs
+get float64 results (exact on the 'torch' backend: gradcheck, references).
 """
 import functools
 import os

@@ -34,12 +34,57 @@ def _exp_diff(k, m):
 
 
 @triton.jit
+def _program(C, BLOCK_C: tl.constexpr):
+    """(sequence, chunk, channel offsets, channel mask) of this program."""
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tl.program_id(0).to(tl.int64), tl.program_id(2), cols, cols < C
+
+
+@triton.jit
+def _decay_bonus(w_ptr, u_ptr, cols, cmask, length):
+    """lam = e^{-w/L} and e^{u/L} in fp32."""
+    inv_len = 1.0 / tl.maximum(length, 1).to(tl.float32)
+    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
+    return lam, tl.exp(tl.load(u_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
+
+
+@triton.jit
+def _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask):
+    """Per-sequence constants: real length, lam, e^{u/L}, key max and centre."""
+    length = tl.load(len_ptr + n)
+    lam, bonus = _decay_bonus(w_ptr, u_ptr, cols, cmask, length)
+    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
+    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    return length, lam, bonus, m, ctr
+
+
+@triton.jit
+def _keys_values(k_ptr, v_ptr, at, live, m, ctr):
+    """E = e^{k - max} and v - centre at one step (0 off the real tokens)."""
+    kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
+    vc = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32) - ctr
+    return tl.where(live, _exp_diff(kk, m), 0.0), tl.where(live, vc, 0.0)
+
+
+@triton.jit
+def _p_q(g_ptr, den_ptr, yc_ptr, at, live):
+    """p = dL/dnum = g / den and q = dL/dden = -p (y - centre) at one step (0 off the real tokens)."""
+    p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
+                 / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
+    return p, -p * tl.load(yc_ptr + at, mask=live, other=0.0)
+
+
+@triton.jit
+def _scan_step(lam, x, y, x2, y2, dx, dy):
+    """One step of the scans of p and q and of their distance-weighted sums:
+    x2 <- lam (x2 + x), x <- lam x + dx (the same for y)."""
+    return lam * x + dx, lam * y + dy, lam * (x2 + x), lam * (y2 + y)
+
+
+@triton.jit
 def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
                  CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(2)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
+    n, j, cols, cmask = _program(C, BLOCK_C)
     length = tl.load(len_ptr + n)
     best = tl.full([BLOCK_C], float("-inf"), tl.float32)
     centre = tl.zeros([BLOCK_C], tl.float32)
@@ -57,16 +102,10 @@ def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
 
 
 @triton.jit
-def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, len_ptr, max_ptr, centre_ptr, local_ptr, T, C, n_chunks,
+def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, local_ptr, T, C, n_chunks,
                       CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(2)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    length = tl.load(len_ptr + n)
-    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) / tl.maximum(length, 1).to(tl.float32))
-    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
-    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    n, j, cols, cmask = _program(C, BLOCK_C)
+    length, lam, _, m, ctr = _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask)
     pa = tl.zeros([BLOCK_C], tl.float32)
     pd = tl.zeros([BLOCK_C], tl.float32)
     sa = tl.zeros([BLOCK_C], tl.float32)
@@ -74,18 +113,13 @@ def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, len_ptr, max_ptr, centre_ptr, local_p
     for i in range(CHUNK):
         t = j * CHUNK + i  # prefix, forwards; steps past the length neither add nor decay
         live = cmask & (t < length)
-        kk = tl.load(k_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
-        vv = tl.load(v_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
-        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        e, vc = _keys_values(k_ptr, v_ptr, (n * T + t) * C + cols, live, m, ctr)
         step = tl.where(live, lam, 1.0)
-        pa = step * pa + e * (vv - ctr)
+        pa = step * pa + e * vc
         pd = step * pd + e
         t = j * CHUNK + CHUNK - 1 - i  # suffix, backwards
-        live = cmask & (t < length)
-        kk = tl.load(k_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
-        vv = tl.load(v_ptr + (n * T + t) * C + cols, mask=live, other=0.0).to(tl.float32)
-        e = tl.where(live, _exp_diff(kk, m), 0.0)
-        sa = lam * sa + e * (vv - ctr)
+        e, vc = _keys_values(k_ptr, v_ptr, (n * T + t) * C + cols, cmask & (t < length), m, ctr)
+        sa = lam * sa + e * vc
         sd = lam * sd + e
     out = (n * n_chunks + j) * 4 * C + cols
     tl.store(local_ptr + out, pa, mask=cmask)
@@ -95,23 +129,17 @@ def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, len_ptr, max_ptr, centre_ptr, local_p
 
 
 @triton.jit
-def _carry_kernel(local_ptr, carry_ptr, w_ptr, len_ptr, C, n_chunks,
-                  PAIRS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """fp64 scan over chunk sums. PAIRS = 1: (num, den) scans; PAIRS = 2: also the
-    distance-weighted ones (x2 <- lam^n (x2 + n x) + local x2), for the backward."""
-    n = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    length = tl.load(len_ptr + n)
-    w_scaled = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float64) / tl.maximum(length, 1).to(tl.float64)
-    parts = 4 * PAIRS
-    half = 2 * PAIRS
+def _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chunks, first, parts,
+                PAIRS: tl.constexpr, REVERSE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One direction of the fp64 carry scan, over the parts first, first + 1 (and, for
+    PAIRS = 2, the distance-weighted first + 2, first + 3: x2 <- lam^n (x2 + n x) + local x2)."""
     a = tl.zeros([BLOCK_C], tl.float64)
     b = tl.zeros([BLOCK_C], tl.float64)
     a2 = tl.zeros([BLOCK_C], tl.float64)
     b2 = tl.zeros([BLOCK_C], tl.float64)
-    for j in range(n_chunks):  # prefix states at chunk starts
-        base = (n * n_chunks + j) * parts * C + cols
+    for jj in range(n_chunks):
+        j = n_chunks - 1 - jj if REVERSE else jj
+        base = (n * n_chunks + j) * parts * C + first * C + cols
         tl.store(carry_ptr + base, a.to(tl.float32), mask=cmask)
         tl.store(carry_ptr + base + C, b.to(tl.float32), mask=cmask)
         steps = tl.minimum(tl.maximum(length - j * CHUNK, 0), CHUNK).to(tl.float64)
@@ -123,39 +151,27 @@ def _carry_kernel(local_ptr, carry_ptr, w_ptr, len_ptr, C, n_chunks,
             b2 = decay * (b2 + steps * b) + tl.load(local_ptr + base + 3 * C, mask=cmask, other=0.0).to(tl.float64)
         a = decay * a + tl.load(local_ptr + base, mask=cmask, other=0.0).to(tl.float64)
         b = decay * b + tl.load(local_ptr + base + C, mask=cmask, other=0.0).to(tl.float64)
-    a = tl.zeros([BLOCK_C], tl.float64)
-    b = tl.zeros([BLOCK_C], tl.float64)
-    a2 = tl.zeros([BLOCK_C], tl.float64)
-    b2 = tl.zeros([BLOCK_C], tl.float64)
-    for jj in range(n_chunks):  # suffix states at chunk ends
-        j = n_chunks - 1 - jj
-        base = (n * n_chunks + j) * parts * C + cols
-        tl.store(carry_ptr + base + half * C, a.to(tl.float32), mask=cmask)
-        tl.store(carry_ptr + base + (half + 1) * C, b.to(tl.float32), mask=cmask)
-        steps = tl.minimum(tl.maximum(length - j * CHUNK, 0), CHUNK).to(tl.float64)
-        decay = tl.exp(-w_scaled * steps)
-        if PAIRS == 2:
-            tl.store(carry_ptr + base + (half + 2) * C, a2.to(tl.float32), mask=cmask)
-            tl.store(carry_ptr + base + (half + 3) * C, b2.to(tl.float32), mask=cmask)
-            a2 = decay * (a2 + steps * a) + tl.load(local_ptr + base + (half + 2) * C, mask=cmask, other=0.0).to(tl.float64)
-            b2 = decay * (b2 + steps * b) + tl.load(local_ptr + base + (half + 3) * C, mask=cmask, other=0.0).to(tl.float64)
-        a = decay * a + tl.load(local_ptr + base + half * C, mask=cmask, other=0.0).to(tl.float64)
-        b = decay * b + tl.load(local_ptr + base + (half + 1) * C, mask=cmask, other=0.0).to(tl.float64)
+
+
+@triton.jit
+def _carry_kernel(local_ptr, carry_ptr, w_ptr, len_ptr, C, n_chunks,
+                  PAIRS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """fp64 scan over the chunk sums: the prefix states at every chunk start and the suffix
+    states at every chunk end. PAIRS = 1: (num, den); PAIRS = 2: (P, Q, P2, Q2), backward."""
+    n, _, cols, cmask = _program(C, BLOCK_C)
+    length = tl.load(len_ptr + n)
+    w_scaled = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float64) / tl.maximum(length, 1).to(tl.float64)
+    _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chunks, 0, 4 * PAIRS,
+                PAIRS=PAIRS, REVERSE=False, CHUNK=CHUNK, BLOCK_C=BLOCK_C)
+    _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chunks, 2 * PAIRS, 4 * PAIRS,
+                PAIRS=PAIRS, REVERSE=True, CHUNK=CHUNK, BLOCK_C=BLOCK_C)
 
 
 @triton.jit
 def _fwd_out_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, carry_ptr,
                     y_ptr, yc_ptr, den_ptr, T, C, n_chunks, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(2)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    length = tl.load(len_ptr + n)
-    inv_len = 1.0 / tl.maximum(length, 1).to(tl.float32)
-    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
-    bonus = tl.exp(tl.load(u_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
-    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
-    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    n, j, cols, cmask = _program(C, BLOCK_C)
+    length, lam, bonus, m, ctr = _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask)
     base = (n * n_chunks + j) * 4 * C + cols
     pa = tl.load(carry_ptr + base, mask=cmask, other=0.0)
     pd = tl.load(carry_ptr + base + C, mask=cmask, other=0.0)
@@ -165,42 +181,34 @@ def _fwd_out_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, ca
         at = (n * T + t) * C + cols
         tl.store(yc_ptr + at, pa, mask=live)
         tl.store(den_ptr + at, pd, mask=live)
-        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
-        vv = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32)
-        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        e, vc = _keys_values(k_ptr, v_ptr, at, live, m, ctr)
         step = tl.where(live, lam, 1.0)
-        pa = step * pa + e * (vv - ctr)
+        pa = step * pa + e * vc
         pd = step * pd + e
     sa = tl.load(carry_ptr + base + 2 * C, mask=cmask, other=0.0)
     sd = tl.load(carry_ptr + base + 3 * C, mask=cmask, other=0.0)
     for i in range(CHUNK):  # suffix states and the outputs
         t = j * CHUNK + CHUNK - 1 - i
         live = cmask & (t < length)
-        inside = cmask & (t < T)
         at = (n * T + t) * C + cols
-        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
-        vv = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32)
-        e = tl.where(live, _exp_diff(kk, m), 0.0)
-        ev = e * (vv - ctr)
-        num = tl.load(yc_ptr + at, mask=live, other=0.0) + sa + bonus * ev
+        e, vc = _keys_values(k_ptr, v_ptr, at, live, m, ctr)
+        num = tl.load(yc_ptr + at, mask=live, other=0.0) + sa + bonus * e * vc
         de = tl.load(den_ptr + at, mask=live, other=1.0) + sd + bonus * e
         ratio = tl.where(live, num / de, 0.0)
+        inside = cmask & (t < T)
         tl.store(yc_ptr + at, ratio, mask=inside)
         tl.store(y_ptr + at, tl.where(live, ratio + ctr, 0.0), mask=inside)
         tl.store(den_ptr + at, tl.where(live, de, 1.0), mask=inside)
-        sa = lam * sa + ev
+        sa = lam * sa + e * vc
         sd = lam * sd + e
 
 
 @triton.jit
-def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, len_ptr, local_ptr, T, C, n_chunks,
+def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, u_ptr, len_ptr, local_ptr, T, C, n_chunks,
                       CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(2)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
+    n, j, cols, cmask = _program(C, BLOCK_C)
     length = tl.load(len_ptr + n)
-    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) / tl.maximum(length, 1).to(tl.float32))
+    lam, _ = _decay_bonus(w_ptr, u_ptr, cols, cmask, length)
     pp = tl.zeros([BLOCK_C], tl.float32)
     qq = tl.zeros([BLOCK_C], tl.float32)
     pp2 = tl.zeros([BLOCK_C], tl.float32)
@@ -212,25 +220,12 @@ def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, len_ptr, local_ptr, T, C, n
     for i in range(CHUNK):
         t = j * CHUNK + i  # prefix, forwards
         live = cmask & (t < length)
-        at = (n * T + t) * C + cols
-        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
-                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
-        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
+        p, q = _p_q(g_ptr, den_ptr, yc_ptr, (n * T + t) * C + cols, live)
         step = tl.where(live, lam, 1.0)
-        pp2 = step * (pp2 + pp)
-        qq2 = step * (qq2 + qq)
-        pp = step * pp + p
-        qq = step * qq + q
+        pp, qq, pp2, qq2 = _scan_step(step, pp, qq, pp2, qq2, p, q)
         t = j * CHUNK + CHUNK - 1 - i  # suffix, backwards
-        live = cmask & (t < length)
-        at = (n * T + t) * C + cols
-        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
-                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
-        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
-        ss2 = lam * (ss2 + ss)
-        rr2 = lam * (rr2 + rr)
-        ss = lam * ss + p
-        rr = lam * rr + q
+        p, q = _p_q(g_ptr, den_ptr, yc_ptr, (n * T + t) * C + cols, cmask & (t < length))
+        ss, rr, ss2, rr2 = _scan_step(lam, ss, rr, ss2, rr2, p, q)
     out = (n * n_chunks + j) * 8 * C + cols
     tl.store(local_ptr + out, pp, mask=cmask)
     tl.store(local_ptr + out + C, qq, mask=cmask)
@@ -246,16 +241,8 @@ def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, len_ptr, local_ptr, T, C, n
 def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr, max_ptr, centre_ptr,
                     carry_ptr, gk_ptr, gv_ptr, part_ptr, T, C, n_chunks,
                     CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(2)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    length = tl.load(len_ptr + n)
-    inv_len = 1.0 / tl.maximum(length, 1).to(tl.float32)
-    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
-    bonus = tl.exp(tl.load(u_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
-    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
-    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
+    n, j, cols, cmask = _program(C, BLOCK_C)
+    length, lam, bonus, m, ctr = _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask)
     base = (n * n_chunks + j) * 8 * C + cols
     pp = tl.load(carry_ptr + base, mask=cmask, other=0.0)
     qq = tl.load(carry_ptr + base + C, mask=cmask, other=0.0)
@@ -267,20 +254,13 @@ def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr,
         t = j * CHUNK + i
         live = cmask & (t < length)
         at = (n * T + t) * C + cols
-        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
-                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
-        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
-        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
-        vc = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32) - ctr
-        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        p, q = _p_q(g_ptr, den_ptr, yc_ptr, at, live)
+        e, vc = _keys_values(k_ptr, v_ptr, at, live, m, ctr)
         tl.store(gv_ptr + at, pp, mask=live)
         tl.store(gk_ptr + at, qq, mask=live)
         acc_w += e * (vc * pp2 + qq2)
         step = tl.where(live, lam, 1.0)
-        pp2 = step * (pp2 + pp)
-        qq2 = step * (qq2 + qq)
-        pp = step * pp + p
-        qq = step * qq + q
+        pp, qq, pp2, qq2 = _scan_step(step, pp, qq, pp2, qq2, p, q)
     ss = tl.load(carry_ptr + base + 4 * C, mask=cmask, other=0.0)
     rr = tl.load(carry_ptr + base + 5 * C, mask=cmask, other=0.0)
     ss2 = tl.load(carry_ptr + base + 6 * C, mask=cmask, other=0.0)
@@ -288,24 +268,17 @@ def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr,
     for i in range(CHUNK):  # suffix states and the gradients
         t = j * CHUNK + CHUNK - 1 - i
         live = cmask & (t < length)
-        inside = cmask & (t < T)
         at = (n * T + t) * C + cols
-        p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
-                     / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
-        q = -p * tl.load(yc_ptr + at, mask=live, other=0.0)
-        kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
-        vc = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32) - ctr
-        e = tl.where(live, _exp_diff(kk, m), 0.0)
+        p, q = _p_q(g_ptr, den_ptr, yc_ptr, at, live)
+        e, vc = _keys_values(k_ptr, v_ptr, at, live, m, ctr)
         grad_v = e * (bonus * p + tl.load(gv_ptr + at, mask=live, other=0.0) + ss)
         grad_k = vc * grad_v + e * (bonus * q + tl.load(gk_ptr + at, mask=live, other=0.0) + rr)
+        inside = cmask & (t < T)
         tl.store(gv_ptr + at, tl.where(live, grad_v, 0.0), mask=inside)
         tl.store(gk_ptr + at, tl.where(live, grad_k, 0.0), mask=inside)
         acc_w += e * (vc * ss2 + rr2)
         acc_u += e * (p * vc + q)
-        ss2 = lam * (ss2 + ss)
-        rr2 = lam * (rr2 + rr)
-        ss = lam * ss + p
-        rr = lam * rr + q
+        ss, rr, ss2, rr2 = _scan_step(lam, ss, rr, ss2, rr2, p, q)
     out = (n * n_chunks + j) * 2 * C + cols
     tl.store(part_ptr + out, acc_w, mask=cmask)
     tl.store(part_ptr + out + C, acc_u, mask=cmask)
@@ -359,7 +332,7 @@ def forward(k, v, w, u, lengths, chunk=None):
     local = torch.empty((n_seq, n_chunks, _PARTS_FWD, chans), **f32)
     carry = torch.empty_like(local)
     meta = dict(CHUNK=chunk, BLOCK_C=block_c)
-    _fwd_local_kernel[grid](k, v, w, lengths, k_max, centre, local, t_max, chans, n_chunks, **meta)
+    _fwd_local_kernel[grid](k, v, w, u, lengths, k_max, centre, local, t_max, chans, n_chunks, **meta)
     _carry_kernel[grid[:2]](local, carry, w, lengths, chans, n_chunks, PAIRS=1, **meta)
     _fwd_out_kernel[grid](k, v, w, u, lengths, k_max, centre, carry, y, yc, den, t_max, chans,
                           n_chunks, **meta)
@@ -383,7 +356,7 @@ def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, chunk=None):
     local = torch.empty((n_seq, n_chunks, _PARTS_BWD, chans), **f32)
     carry = torch.empty_like(local)
     parts = torch.empty((n_seq, n_chunks, 2, chans), **f32)
-    _bwd_local_kernel[grid](grad_y, yc, den, w, lengths, local, t_max, chans, n_chunks, **meta)
+    _bwd_local_kernel[grid](grad_y, yc, den, w, u, lengths, local, t_max, chans, n_chunks, **meta)
     _carry_kernel[grid[:2]](local, carry, w, lengths, chans, n_chunks, PAIRS=2, **meta)
     _bwd_out_kernel[grid](grad_y, k, v, w, u, lengths, yc, den, k_max, centre, carry, grad_k, grad_v,
                           parts, t_max, chans, n_chunks, **meta)
