@@ -18,6 +18,7 @@ NETWORK_DEFAULTS = MappingProxyType({
     "wkv_pool": (2,),
     "hidden_ratio": 2,
     "upsample": "dynamic",
+    "rwkv_checkpoint": True,  # recompute block activations in backward: memory, not the model
 })
 
 # S is the network's defaults (one Stage-Scan block per stage, the block taking the place of the

@@ -29,6 +29,15 @@ def test_presets_state_every_option_and_differ():
         preset_options("S", windoww=3)
 
 
+def test_network_defaults_are_the_networks_own(rwkvsss_network):
+    """Every keyword-only option of RWKVSSSUNet, with its default: plans state the whole network."""
+    import inspect
+
+    options = {name: p.default for name, p in inspect.signature(rwkvsss_network).parameters.items()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert options == dict(NETWORK_DEFAULTS)
+
+
 def test_plain_architecture_keeps_layout_and_adds_options():
     source = plain_architecture(3, [(1, 1, 1), (1, 2, 2), (2, 2, 2)])
     arch = rwkvsss_architecture(source, preset_options("L"))
