@@ -109,7 +109,7 @@ def cpu_rows(shapes, repeats, reference_limit, with_torch_chain):
         }
         if with_torch_chain and elems <= (1 << 22):
             fns["torch"] = lambda: bi_wkv(k, v, w, u, backend="torch")
-        res = _best_times(fns, repeats, device)
+        res = _best_times(fns, repeats * max(1, (1 << 22) // elems), device)  # small shapes: more tries
         ref_ms = ""
         if n * c * t * t <= reference_limit:
             with torch.no_grad():
@@ -129,13 +129,14 @@ def cpu_rows(shapes, repeats, reference_limit, with_torch_chain):
 
 
 def linearity(times, n, c):
-    """16x T -> how many times the time (goal: at most 20x)."""
+    """16x T -> how many times the time (goal: at most 20x); the floor's growth alongside, since
+    caches and page faults make even one elementwise pass grow faster than T on a CPU."""
     ts = sorted(t for (nn, t, cc) in times if nn == n and cc == c)
     for t in ts:
         if 16 * t in ts:
-            for key in ("fwd", "step"):
-                ratio = times[(n, 16 * t, c)][key] / times[(n, t, c)][key]
-                print(f"T {t} -> {16 * t} (16x): {key} time x{ratio:.1f}")
+            growth = {key: times[(n, 16 * t, c)][key] / times[(n, t, c)][key] for key in ("fwd", "step", "floor")}
+            print(f"T {t} -> {16 * t} (16x): forward time x{growth['fwd']:.1f}, forward+backward "
+                  f"x{growth['step']:.1f} (the elementwise floor: x{growth['floor']:.1f})")
 
 
 def peak_bandwidth(props):
@@ -176,7 +177,11 @@ def main(argv=None):
     parser.add_argument("--reference-limit", type=float, default=6e8,
                         help="run the O(T^2) reference where N*C*T^2 is at most this")
     parser.add_argument("--gpu-shape", default="8x65536x256")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = [(args.n, t, args.c) for t in args.lengths]
     shapes += [tuple(int(x) for x in s.split("x")) for s in args.network_shapes]
     times = cpu_rows(shapes, args.repeats, args.reference_limit, with_torch_chain=True)
