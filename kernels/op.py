@@ -186,7 +186,8 @@ def _validate(k, v, w, u, lengths, backend):
             raise ValueError(f"bi_wkv: lengths must be an integer tensor, got {lengths.dtype}")
         if lengths.shape != (k.shape[0],):
             raise ValueError(f"bi_wkv: lengths must have shape (N,) = ({k.shape[0]},), got {tuple(lengths.shape)}")
-        tensors.append(("lengths", lengths))
+        if lengths.device != k.device and lengths.device.type != "cpu":
+            tensors.append(("lengths", lengths))  # CPU lengths are moved to k's device
     devices = {x.device for _, x in tensors}
     if len(devices) > 1:
         raise ValueError("bi_wkv: inputs on different devices: "
@@ -198,13 +199,14 @@ def _validate(k, v, w, u, lengths, backend):
 def bi_wkv(k, v, w, u, *, lengths=None, backend=None):
     """Bidirectional WKV of Vision-RWKV over (N, T, C) sequences, w/T and u/T scaled per sequence.
 
-    lengths: optional int (N,) real tokens per sequence (padding trailing; output 0 there).
+    lengths: optional int (N,) real tokens per sequence (padding trailing; output 0 there), on
+        k's device or on the CPU.
     backend: None picks from the device; "torch", "cpp" or "triton" force one (tests, benches).
     Returns (N, T, C) in v's dtype; differentiable in k, v, w, u.
     """
     _validate(k, v, w, u, lengths, backend)
     if lengths is not None:
-        lengths = lengths.to(torch.int64).contiguous()
+        lengths = lengths.to(device=k.device, dtype=torch.int64).contiguous()
     y = _forward_op(k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), lengths,
                           backend or "auto")[0]
     return y.to(v.dtype)
