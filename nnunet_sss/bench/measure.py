@@ -18,7 +18,9 @@ How each number is taken (so that two networks measured the same way compare fai
   back to `ru_maxrss`. The figure includes allocator fragmentation and one-time workspaces,
   as a real training process would.
 - step time: median wall time of full train steps (forward, loss over every output, backward,
-  SGD step, zero_grad) after warm-up steps; CUDA is synchronised around each step.
+  SGD step, zero_grad) after warm-up steps; CUDA is synchronised around each step. Also the
+  median process CPU time of a step: on a loaded shared machine it moves less than wall time
+  (with one intra-op thread it is the cleanest figure to compare two networks by).
 The loss is cross-entropy against random labels for each output (deep-supervision lists: one
 term per output at that output's resolution), which costs the same as nnU-Net's loss up to
 the Dice term's elementwise work.
@@ -55,8 +57,9 @@ class NetworkMeasurement:
     flops_train: Optional[int] = None          # one forward + backward of one batch
     peak_memory_bytes: Optional[int] = None    # extra memory of one forward+backward
     memory_method: Optional[str] = None        # "cuda_max_allocated" | "subprocess_vmhwm" | ...
-    step_time_s: Optional[float] = None        # median train-step time
+    step_time_s: Optional[float] = None        # median train-step wall time
     step_times_s: list = field(default_factory=list)
+    cpu_time_s: Optional[float] = None         # median process CPU time of a train step
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -109,8 +112,9 @@ def measure_network(
             result.peak_memory_bytes, result.memory_method = _cpu_peak_memory(network, x, amp)
     if timing:
         saved = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        result.step_times_s = _time_steps(network, x, amp, steps, warmup, seed)
+        result.step_times_s, cpu_times = _time_steps(network, x, amp, steps, warmup, seed)
         result.step_time_s = statistics.median(result.step_times_s)
+        result.cpu_time_s = statistics.median(cpu_times)
         network.load_state_dict(saved)  # the timed SGD steps leave the caller's weights as they were
     return result
 
@@ -223,11 +227,11 @@ def _time_steps(network, x, amp, steps, warmup, seed):
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
     with torch.no_grad(), _autocast(x.device, amp):
         targets = _targets(_outputs(network(x)), seed)
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with _autocast(x.device, amp):
             out = network(x)
         _loss(out, targets).backward()
@@ -237,4 +241,5 @@ def _time_steps(network, x, amp, steps, warmup, seed):
             torch.cuda.synchronize(x.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times
+            cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times

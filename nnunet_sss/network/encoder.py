@@ -18,7 +18,7 @@ from dynamic_network_architectures.building_blocks.helper import maybe_convert_s
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 
 from .block import RWKVStage, StageScanBlock
-from .cost import stage_scan_block_activations
+from .cost import rwkv_activations
 
 
 class RWKVSSSEncoder(nn.Module):
@@ -76,11 +76,12 @@ class RWKVSSSEncoder(nn.Module):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Activations in PlainConvUNet's units (one per conv output element); see unet.py."""
         output = np.int64(0)
+        blocks = []
+        n_orders = len(input_size) if self.scan_mode == "stage" else 1
         for s, stage in enumerate(self.stages):
             output += stage[0].compute_conv_feature_map_size(input_size)
             input_size = [i // j for i, j in zip(input_size, self.strides[s])]
             if self.depths[s]:
-                output += self.depths[s] * stage_scan_block_activations(
-                    input_size, self.output_channels[s], self.windows, self.pools[s], self.hidden_ratio,
-                    self.scan_mode, self.checkpoint)
-        return output
+                blocks.append((input_size, self.output_channels[s], self.windows, self.pools[s], self.hidden_ratio,
+                               n_orders, self.depths[s]))
+        return output + np.int64(rwkv_activations(blocks, self.checkpoint))

@@ -12,7 +12,8 @@ its piece in the fewest passes and keeps only what its backward needs:
 - `gate_project`: sigmoid(r) * repeat(y) -> W_o. Keeps sigmoid(r) and the pooled y; the
   product is recomputed in backward, the repeat is a broadcast view.
 - `squared_relu_gate`: sigmoid(r') * (relu(k)^2 W_v^T) from one (k | r') tensor. Keeps relu(k),
-  sigmoid(r') and the value output; the gradient of (k | r') is written in place, no cat.
+  sigmoid(r') and the value output; the gradient of (k | r') is one concatenation, not two
+  zero-filled slice gradients.
 
 Under autocast the backward replays the forward's autocast state, so matmuls keep their
 dtype (fp16 on CUDA) while gradients are returned in each input's dtype.
@@ -160,16 +161,14 @@ class _SquaredReLUGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         h, s, vo, w_v = ctx.saved_tensors
-        hidden = ctx.hidden
-        grad_kr = grad.new_empty((*grad.shape[:-1], hidden + grad.shape[-1]), dtype=ctx.dtypes[0])
         grad_vo = grad * s
         t = grad * vo * s
-        torch.addcmul(t, t, s, value=-1, out=grad_kr[..., hidden:])  # d/dr' = grad vo s (1 - s)
+        grad_r = torch.addcmul(t, t, s, value=-1)                      # d/dr' = grad vo s (1 - s)
         with _replay(ctx.amp):
             grad_w = _weight_grad(grad_vo, h * h)
             grad_h2 = grad_vo @ (2 * w_v)                              # d (h^2) / dk = 2 h
-        torch.mul(grad_h2, h, out=grad_kr[..., :hidden])
-        return grad_kr, grad_w.to(ctx.dtypes[1]), None
+        grad_kr = torch.cat((grad_h2.mul_(h), grad_r.to(grad_h2.dtype)), -1)
+        return grad_kr.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None
 
 
 def squared_relu_gate(kr: Tensor, w_v: Tensor, hidden: int) -> Tensor:

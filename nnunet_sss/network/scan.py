@@ -20,6 +20,7 @@ gathers too (the inverse index), never scatter-adds.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from itertools import product
@@ -109,7 +110,8 @@ def partition(map_size: Sequence[int], window: Sequence[Optional[int]]) -> Tuple
 
 
 def window_starts(lengths: Sequence[int]) -> Tuple[int, ...]:
-    return tuple(int(v) for v in torch.tensor((0,) + tuple(lengths[:-1])).cumsum(0))
+    """First token of each window along an axis with windows of `lengths`."""
+    return tuple(itertools.accumulate((0,) + tuple(lengths[:-1])))
 
 
 @functools.lru_cache(maxsize=512)

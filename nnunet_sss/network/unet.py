@@ -144,6 +144,8 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
 
         self.n_dims = n_dims
         self.strides = strides
+        # each spatial size must be a multiple of this: the product of the strides per axis
+        self.patch_multiple = tuple(math.prod(s[a] for s in strides) for a in range(n_dims))
         self.options = dict(use_rwkv=use_rwkv, rwkv_depths=depths, local_window=local, global_window=global_window
                             if global_window is None else glob, scan=scan, shift=shift,
                             wkv_pool=[list(p) for p in pools], hidden_ratio=hidden_ratio, upsample=upsample,
@@ -155,13 +157,9 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         self.decoder = RWKVSSSDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
                                       upsample, nonlin_first)
 
-    def patch_multiple(self) -> Tuple[int, ...]:
-        """Each spatial size must be a multiple of this (the product of the strides per axis)."""
-        return tuple(math.prod(s[a] for s in self.strides) for a in range(self.n_dims))
-
     def _check_size(self, size: Sequence[int], what: str) -> None:
-        multiple = self.patch_multiple()
-        if any(n % m for n, m in zip(size, multiple)):
+        multiple = self.patch_multiple
+        if [n % m for n, m in zip(size, multiple)] != [0] * len(multiple):
             raise ValueError(f"{what} {tuple(size)} is not divisible by the strides: each axis must be a multiple "
                              f"of {multiple} (the product of the strides per axis)")
 

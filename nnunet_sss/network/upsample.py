@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
 
+from .cost import dynamic_upsample_activations
 from .init import keep_init
 
 OFFSET_SCOPE = 0.25  # offsets in input voxels, at most about a quarter voxel per unit of the conv
@@ -82,10 +83,7 @@ class Upsample(nn.Module):
         return self.sample(self.project(x))
 
     def feature_map_size(self, in_size: Sequence[int], out_channels: int) -> int:
-        """Activations stored for backward, in elements: the projection, offsets, grid, output."""
-        low = math.prod(in_size)
-        high = low * math.prod(self.sample.scale) if self.mode == "dynamic" else None
+        """Activations in PlainConvUNet's units (see cost.py)."""
         if self.mode == "transpose":
-            return out_channels * low * math.prod(self.project.stride)
-        n_dims = len(in_size)
-        return out_channels * low + n_dims * high + n_dims * high + out_channels * high
+            return out_channels * math.prod(in_size) * math.prod(self.project.stride)
+        return dynamic_upsample_activations(in_size, self.sample.scale, out_channels)

@@ -1,0 +1,29 @@
+"""bench.measure.measure_network: the numbers it returns are the network's, for any network."""
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+from nnunet_sss import RWKVSSSUNet
+from nnunet_sss.bench.measure import measure_network
+
+from conftest import tiny_kwargs
+
+
+def test_measure_network_on_both_networks():
+    kwargs = tiny_kwargs(2)
+    plain = PlainConvUNet(**{k: v for k, v in kwargs.items() if k not in ("local_window", "global_window")})
+    net = RWKVSSSUNet(**kwargs)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    results = {}
+    for name, network in (("plain", plain), ("rwkv", net)):
+        m = measure_network(network, (1, 16, 16), 2, steps=2, warmup=1, memory=name == "rwkv")
+        results[name] = m
+        assert m.params == sum(p.numel() for p in network.parameters())
+        assert 0 < m.flops_forward < m.flops_train
+        assert len(m.step_times_s) == 2 and m.step_time_s > 0 and m.cpu_time_s > 0
+    m = results["rwkv"]
+    assert m.memory_method.startswith("subprocess_") and m.peak_memory_bytes > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights left as they were
+    # a plain conv net's forward FLOPs: 2 per multiply-add of every conv, counted by the flop counter
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+    assert measure_network(conv, (1, 8, 8), 3, memory=False, timing=False).flops_forward == 2 * 9 * 4 * 64 * 3
+    assert results["rwkv"].as_dict()["params"] == m.params
