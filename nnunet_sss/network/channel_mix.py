@@ -1,8 +1,8 @@
 """Channel mix: token shift -> sigmoid(R') * W_v relu(W_k x)^2, on channels-last tokens.
 
 The shift uses the same windows as the block's spatial mix, so this half of the block does
-not look across partition borders either. The shift mix is folded into the key and
-receptance weights as in the spatial mix, and both read [x | shift(x)] in one matmul.
+not look across partition borders either. Shift, mix and projections are one step
+(fused.shift_mix_project), as in the spatial mix.
 """
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import mix_init
-from .fused import squared_relu_gate
-from .shift import shift_concat, shift_starts
-from .spatial_mix import fold_mix
+from .fused import shift_mix_project, squared_relu_gate
+from .shift import shift_starts
 
 
 class ChannelMix(nn.Module):
@@ -33,9 +32,10 @@ class ChannelMix(nn.Module):
         self.mix_r = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = torch.cat((fold_mix(self.key.weight, self.mix_k), fold_mix(self.receptance.weight, self.mix_r)))
-        kr = F.linear(shift_concat(x, shift_starts(x.shape[1:-1], *self.shift_windows)), weight)
-        return squared_relu_gate(kr, self.value.weight, self.hidden)
+        size = x.shape[1:-1]
+        k, r = shift_mix_project(x, shift_starts(size, *self.shift_windows), (1,) * len(size),
+                                 full=[(self.key.weight, self.mix_k), (self.receptance.weight, self.mix_r)])
+        return squared_relu_gate(k, r, self.value.weight)
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, shift_windows={self.shift_windows}"

@@ -7,13 +7,14 @@ gradients added, a broadcast's gradient is a slow strided reduction, a slice's g
 zero-filled copy, and every elementwise result in a chain is saved. Each function below does
 its piece in the fewest passes and keeps only what its backward needs:
 
-- `mix_project`: [z | shift(z)] -> r = (both) W_r^T at full resolution and kv = pool(both) W_kv^T
-  (the pool divides the map, or no pool). Keeps the concat and the pooled concat.
+- `shift_mix_project`: token shift, Vision-RWKV's per-channel mix of each token with its shifted
+  neighbour, and the projections that read the mixes (R at full resolution; K, V on the pooled
+  map). Keeps shift(z) and z - shift(z) (and their pooled maps) whatever the number of
+  projections; each mix is recomputed in backward (one pass) instead of being kept.
 - `gate_project`: sigmoid(r) * repeat(y) -> W_o. Keeps sigmoid(r) and the pooled y; the
   product is recomputed in backward, the repeat is a broadcast view.
-- `squared_relu_gate`: sigmoid(r') * (relu(k)^2 W_v^T) from one (k | r') tensor. Keeps relu(k),
-  sigmoid(r') and the value output; the gradient of (k | r') is one concatenation, not two
-  zero-filled slice gradients.
+- `squared_relu_gate`: sigmoid(r') * (relu(k)^2 W_v^T). Keeps relu(k), sigmoid(r') and the value
+  output; relu(k)^2 is recomputed in backward.
 
 Under autocast the backward replays the forward's autocast state, so matmuls keep their
 dtype (fp16 on CUDA) while gradients are returned in each input's dtype.
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .pool import avg_pool_tokens, cell_view, pooled_view, repeat_tokens, spread_cells, sum_cells
-from .shift import _shift_into, shift_concat
+from .shift import _shift_into, window_shift
 
 
 def _amp_state(t: Tensor):
@@ -49,54 +50,89 @@ def _weight_grad(grad_out: Tensor, inp: Tensor) -> Tensor:
     return _rows(grad_out).t() @ _rows(inp)
 
 
-# ---------------------------------------------------------------- shift concat -> projections
-def mix_project_reference(z, w_r, w_kv, starts, pool):
-    both = shift_concat(z, starts)
-    r = F.linear(both, w_r)
-    if any(p > 1 for p in pool):
-        both = avg_pool_tokens(both, pool)
-    return r, F.linear(both, w_kv)
+# ---------------------------------------------------------------- token shift, mix, projections
+def _lerp(shifted: Tensor, delta: Tensor, mix: Tensor) -> Tensor:
+    """mix * x + (1 - mix) * shift(x), from shift(x) and delta = x - shift(x)."""
+    return torch.addcmul(shifted, delta, mix)
 
 
-class _MixProject(torch.autograd.Function):
+def shift_mix_project_reference(z, starts, pool, n_full, *params):
+    shifted = window_shift(z, starts)
+    full, low = (z, shifted), (z, shifted)
+    if math.prod(pool) > 1:
+        low = (avg_pool_tokens(z, pool), avg_pool_tokens(shifted, pool))
+    outs = []
+    for i in range(len(params) // 2):
+        x, s = full if i < n_full else low
+        outs.append(F.linear(_lerp(s, x - s, params[2 * i + 1]), params[2 * i]))
+    return tuple(outs)
+
+
+class _ShiftMixProject(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, w_r, w_kv, starts, pool):
-        channels = z.shape[-1]
-        both = z.new_empty((*z.shape[:-1], 2 * channels))
-        both[..., :channels] = z
-        _shift_into(z, both[..., channels:], starts, reverse=False)
-        pooled = sum_cells(both, pool).div_(math.prod(pool)) if math.prod(pool) > 1 else both
-        r, kv = F.linear(both, w_r), F.linear(pooled, w_kv)
-        ctx.starts, ctx.pool, ctx.amp = starts, pool, _amp_state(z)
-        ctx.dtypes = (z.dtype, w_r.dtype, w_kv.dtype)
-        ctx.save_for_backward(both, pooled, w_r, w_kv)
-        return r, kv
+    def forward(ctx, z, starts, pool, n_full, *params):
+        shifted = torch.empty_like(z, memory_format=torch.contiguous_format)
+        _shift_into(z, shifted, starts, reverse=False)
+        delta = z - shifted
+        pooled = math.prod(pool) > 1
+        low = (sum_cells(shifted, pool).div_(math.prod(pool)), sum_cells(delta, pool).div_(math.prod(pool))) \
+            if pooled else (shifted, delta)
+        outs = []
+        for i in range(len(params) // 2):
+            s, d = (shifted, delta) if i < n_full else low
+            outs.append(F.linear(_lerp(s, d, params[2 * i + 1]), params[2 * i]))
+        ctx.starts, ctx.pool, ctx.n_full, ctx.amp = starts, pool, n_full, _amp_state(z)
+        ctx.dtypes = (z.dtype, *(p.dtype for p in params))
+        ctx.save_for_backward(shifted, delta, *low, *params)
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, grad_r, grad_kv):
-        both, pooled, w_r, w_kv = ctx.saved_tensors
-        with _replay(ctx.amp):
-            grad_both = grad_r @ w_r
-            grad_pooled = grad_kv @ w_kv
-            grad_w_r, grad_w_kv = _weight_grad(grad_r, both), _weight_grad(grad_kv, pooled)
-        grad_both = grad_both.to(torch.promote_types(grad_both.dtype, grad_pooled.dtype))
-        if math.prod(ctx.pool) > 1:
-            cell_view(grad_both, ctx.pool).add_(pooled_view(grad_pooled), alpha=1 / math.prod(ctx.pool))
-        else:
-            grad_both += grad_pooled
-        channels = grad_both.shape[-1] // 2
-        grad_z = torch.empty_like(grad_both[..., :channels], memory_format=torch.contiguous_format)
-        _shift_into(grad_both[..., channels:], grad_z, ctx.starts, reverse=True)
-        grad_z += grad_both[..., :channels]
-        return (grad_z.to(ctx.dtypes[0]), grad_w_r.to(ctx.dtypes[1]), grad_w_kv.to(ctx.dtypes[2]), None, None)
+    def backward(ctx, *grads):
+        shifted, delta, low_shifted, low_delta, *params = ctx.saved_tensors
+        acc = {}  # "full" / "low" -> [grad of x, grad of shift(x)]
+        param_grads = []
+        for i, grad in enumerate(grads):
+            weight, mix = params[2 * i], params[2 * i + 1]
+            key = "full" if i < ctx.n_full else "low"
+            s, d = (shifted, delta) if key == "full" else (low_shifted, low_delta)
+            if grad is None:
+                param_grads += [None, None]
+                continue
+            with _replay(ctx.amp):
+                grad_w = _weight_grad(grad, _lerp(s, d, mix))
+                grad_x = grad @ weight
+            grad_mix = _rows(grad_x * d).sum(0)
+            grad_from_x = grad_x * mix                 # mix x + (1 - mix) shift(x)
+            grad_from_shift = grad_x.to(grad_from_x.dtype).sub_(grad_from_x)
+            if key in acc:
+                acc[key][0] += grad_from_x
+                acc[key][1] += grad_from_shift
+            else:
+                acc[key] = [grad_from_x, grad_from_shift]
+            param_grads += [grad_w.to(ctx.dtypes[1 + 2 * i]), grad_mix.to(ctx.dtypes[2 + 2 * i])]
+        grad_x, grad_shift = acc.get("full", (torch.zeros_like(delta), torch.zeros_like(delta)))
+        if "low" in acc:
+            if math.prod(ctx.pool) > 1:
+                for full, low in zip((grad_x, grad_shift), acc["low"]):
+                    cell_view(full, ctx.pool).add_(pooled_view(low), alpha=1 / math.prod(ctx.pool))
+            else:
+                grad_x += acc["low"][0]
+                grad_shift += acc["low"][1]
+        from_shift = torch.empty_like(grad_shift)
+        _shift_into(grad_shift, from_shift, ctx.starts, reverse=True)
+        grad_x += from_shift
+        return (grad_x.to(ctx.dtypes[0]), None, None, None, *param_grads)
 
 
-def mix_project(z: Tensor, w_r: Tensor, w_kv: Tensor, starts, pool: Tuple[int, ...]):
-    """(r, kv) of [z | shift(z)] (shift windows beginning at `starts`): r at z's resolution,
-    kv at the pooled one."""
+def shift_mix_project(z: Tensor, starts, pool: Tuple[int, ...], full=(), low=()):
+    """Token shift (windows beginning at `starts`), Vision-RWKV's mix mu * x + (1 - mu) * shift(x)
+    and a projection, for each (weight, mu) pair: `full` at z's resolution, `low` at z pooled by
+    `pool`. Returns the projections in that order."""
+    params = [t for pair in (*full, *low) for t in pair]
+    starts = tuple(tuple(a) for a in starts)
     if any(s % p for s, p in zip(z.shape[1:-1], pool)):
-        return mix_project_reference(z, w_r, w_kv, starts, pool)
-    return _MixProject.apply(z, w_r, w_kv, tuple(tuple(a) for a in starts), tuple(pool))
+        return shift_mix_project_reference(z, starts, tuple(pool), len(full), *params)
+    return _ShiftMixProject.apply(z, starts, tuple(pool), len(full), *params)
 
 
 # ---------------------------------------------------------------- gate and output projection
@@ -143,18 +179,17 @@ def gate_project(r: Tensor, y: Tensor, w_o: Tensor, pool: Tuple[int, ...]) -> Te
 
 
 # ---------------------------------------------------------------- channel-mix tail
-def squared_relu_gate_reference(kr, w_v, hidden):
-    k, r = kr.split([hidden, kr.shape[-1] - hidden], -1)
+def squared_relu_gate_reference(k, r, w_v):
     return torch.sigmoid(r) * F.linear(torch.relu(k).square(), w_v)
 
 
 class _SquaredReLUGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kr, w_v, hidden):
-        h = kr[..., :hidden].clamp_min(0)
-        s = torch.sigmoid(kr[..., hidden:])
+    def forward(ctx, k, r, w_v):
+        h = k.clamp_min(0)
+        s = torch.sigmoid(r)
         vo = F.linear(h * h, w_v)
-        ctx.hidden, ctx.amp, ctx.dtypes = hidden, _amp_state(kr), (kr.dtype, w_v.dtype)
+        ctx.amp, ctx.dtypes = _amp_state(k), (k.dtype, r.dtype, w_v.dtype)
         ctx.save_for_backward(h, s, vo, w_v)
         return s * vo
 
@@ -167,10 +202,10 @@ class _SquaredReLUGate(torch.autograd.Function):
         with _replay(ctx.amp):
             grad_w = _weight_grad(grad_vo, h * h)
             grad_h2 = grad_vo @ (2 * w_v)                              # d (h^2) / dk = 2 h
-        grad_kr = torch.cat((grad_h2.mul_(h), grad_r.to(grad_h2.dtype)), -1)
-        return grad_kr.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None
+        grad_k = grad_h2.mul_(h)
+        return grad_k.to(ctx.dtypes[0]), grad_r.to(ctx.dtypes[1]), grad_w.to(ctx.dtypes[2])
 
 
-def squared_relu_gate(kr: Tensor, w_v: Tensor, hidden: int) -> Tensor:
-    """sigmoid(r') * (relu(k)^2 W_v^T) where kr = (k | r') holds `hidden` key channels first."""
-    return _SquaredReLUGate.apply(kr, w_v, hidden)
+def squared_relu_gate(k: Tensor, r: Tensor, w_v: Tensor) -> Tensor:
+    """sigmoid(r') * (relu(k)^2 W_v^T)."""
+    return _SquaredReLUGate.apply(k, r, w_v)

@@ -1,9 +1,10 @@
 """Spatial mix: token shift -> R, K, V -> Bi-WKV per window and scan order -> merge -> LayerNorm
 -> sigmoid(R) gate -> output projection. Works on channels-last tokens (B, *S, C).
 
-Token-shift mix: Vision-RWKV's x_r = mu_r * x + (1 - mu_r) * shift(x) (and k, v alike) is folded
-into the projection weights, W_r x_r = [W_r mu_r | W_r (1 - mu_r)] [x | shift(x)], so the three
-lerps cost no pass over the map and no saved copies: one shifted concat feeds every projection.
+Token-shift mix: Vision-RWKV's x_r = mu_r * x + (1 - mu_r) * shift(x) (and k, v alike), done with
+the projections in one hand-written step (fused.shift_mix_project) that keeps two maps for
+backward whatever the number of projections. K and V are mixed on the pooled map (pooling and
+the per-channel mix commute).
 
 Low-resolution WKV: with pool p > 1, K and V are computed from the average-pooled map (factor p
 per axis, partial cells at the far border averaged over their real tokens), the WKV runs
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from nnunet_sss.kernels import bi_wkv
 
-from .fused import gate_project, mix_project
+from .fused import gate_project, shift_mix_project
 from .init import mix_init, wkv_bonus_init, wkv_decay_init
 from .scan import axis_orders, scan, scan_plan, sequence_lengths, unscan
 from .shift import shift_starts
@@ -34,11 +35,6 @@ from .shift import shift_starts
 def at_least_fp32(x: Tensor) -> Tensor:
     """fp16/bf16 -> fp32 (the WKV and the merge of scan orders); fp32/fp64 unchanged."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def fold_mix(weight: Tensor, mix: Tensor) -> Tensor:
-    """(out, C) projection of mix * x + (1 - mix) * shift(x) as an (out, 2C) one of [x | shift(x)]."""
-    return torch.cat((weight * mix, weight * (1 - mix)), dim=1)
 
 
 class SpatialMix(nn.Module):
@@ -75,14 +71,13 @@ class SpatialMix(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, size, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
         pool = tuple(min(p, s) for p, s in zip(self.pool, size))
-        kv_weight = torch.cat((fold_mix(self.key.weight, self.mix_k), fold_mix(self.value.weight, self.mix_v)))
-        r, kv = mix_project(x, fold_mix(self.receptance.weight, self.mix_r), kv_weight,
-                            shift_starts(size, *self.shift_windows()), pool)
-        wkv_size = kv.shape[1:-1]
-        kv = at_least_fp32(kv).reshape(batch, -1, 2 * channels)
+        r, k, v = shift_mix_project(x, shift_starts(size, *self.shift_windows()), pool,
+                                    full=[(self.receptance.weight, self.mix_r)],
+                                    low=[(self.key.weight, self.mix_k), (self.value.weight, self.mix_v)])
+        wkv_size = k.shape[1:-1]
+        k, v = (at_least_fp32(t).reshape(batch, -1, channels) for t in (k, v))
         plan = scan_plan(wkv_size, self.window, self.orders, self.snake, x.device)
-        y = bi_wkv(scan(kv[..., :channels], plan), scan(kv[..., channels:], plan), self.decay, self.bonus,
-                   lengths=sequence_lengths(plan, batch))
+        y = bi_wkv(scan(k, plan), scan(v, plan), self.decay, self.bonus, lengths=sequence_lengths(plan, batch))
         y = self.norm(unscan(y, plan, self.scan_weights()).view(batch, *wkv_size, channels))
         return gate_project(r, y, self.output.weight, pool)
 

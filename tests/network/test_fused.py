@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from nnunet_sss.network.fused import (gate_project, gate_project_reference, mix_project, mix_project_reference,
-                                      squared_relu_gate, squared_relu_gate_reference)
+from nnunet_sss.network.fused import (gate_project, gate_project_reference, shift_mix_project,
+                                      shift_mix_project_reference, squared_relu_gate, squared_relu_gate_reference)
 from nnunet_sss.network.pool import avg_pool_tokens
 from nnunet_sss.network.shift import shift_starts
 
@@ -27,11 +27,20 @@ def _t(*shape):
 
 @pytest.mark.parametrize("size,window,pool", [((6, 4), (4, 2), (2, 2)), ((4, 6, 2), (2, 4, 2), (2, 2, 1)),
                                               ((5, 3, 4), (4, 2, 4), (1, 1, 1))])
-def test_mix_project(size, window, pool):
-    z, w_r, w_kv = _t(2, *size, 7), _t(5, 14), _t(6, 14)
+def test_shift_mix_project(size, window, pool):
+    z = _t(2, *size, 7)
+    full = [(_t(5, 7), _t(7)), (_t(9, 7), _t(7))]
+    low = [(_t(7, 7), _t(7)), (_t(6, 7), _t(7))]
     starts = shift_starts(size, window, pool)
-    _compare(lambda *a: mix_project(*a, starts, pool), lambda *a: mix_project_reference(*a, starts, pool),
-             (z, w_r, w_kv))
+    params = [t for pair in (*full, *low) for t in pair]
+
+    def fast(z, *p):
+        return shift_mix_project(z, starts, pool, full=[p[0:2], p[2:4]], low=[p[4:6], p[6:8]])
+
+    def reference(z, *p):
+        return shift_mix_project_reference(z, starts, pool, 2, *p)
+
+    _compare(fast, reference, (z, *params))
 
 
 @pytest.mark.parametrize("size,pool", [((6, 4), (2, 2)), ((4, 6, 2), (2, 3, 1)), ((5, 3), (1, 1))])
@@ -42,8 +51,8 @@ def test_gate_project(size, pool):
 
 
 def test_squared_relu_gate():
-    kr, w_v = _t(2, 3, 5, 4, 10 + 6), _t(6, 10)
-    _compare(lambda *a: squared_relu_gate(*a, 10), lambda *a: squared_relu_gate_reference(*a, 10), (kr, w_v))
+    k, r, w_v = _t(2, 3, 5, 4, 10), _t(2, 3, 5, 4, 6), _t(6, 10)
+    _compare(squared_relu_gate, squared_relu_gate_reference, (k, r, w_v))
 
 
 def test_pooling_divisible_and_not():
@@ -57,14 +66,15 @@ def test_pooling_divisible_and_not():
 
 def test_fused_pieces_under_fp16_autocast():
     z = torch.randn(2, 8, 4, 6, 16, requires_grad=True)
-    w_r, w_kv, w_o = (torch.randn(n, m, requires_grad=True) for n, m in ((16, 32), (32, 32), (16, 16)))
+    w_r, w_k, w_o = (torch.randn(16, 16, requires_grad=True) for _ in range(3))
+    mix = torch.rand(16, requires_grad=True)
     w_v = torch.randn(16, 24, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.float16):
-        r, kv = mix_project(z, w_r, w_kv, shift_starts((8, 4, 6), (2, 1, 3), (2, 2, 2)), (2, 2, 2))
-        out = gate_project(r, kv[..., :16].float(), w_o, (2, 2, 2))
-        kr = torch.cat([out, out[..., :8], r], -1)
-        tail = squared_relu_gate(kr, w_v, 24)
+        r, k = shift_mix_project(z, shift_starts((8, 4, 6), (2, 1, 3), (2, 2, 2)), (2, 2, 2),
+                                 full=[(w_r, mix)], low=[(w_k, mix)])
+        out = gate_project(r, k.float(), w_o, (2, 2, 2))
+        tail = squared_relu_gate(torch.cat([out, out[..., :8]], -1), r, w_v)
     assert r.dtype == torch.float16 and tail.dtype == torch.float16
     tail.float().sum().backward()
-    for t in (z, w_r, w_kv, w_o, w_v):
+    for t in (z, w_r, w_k, w_o, w_v, mix):
         assert t.grad is not None and t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all()

@@ -1,0 +1,240 @@
+"""RWKV-SSS against nnU-Net's PlainConvUNet built from the same plans: parameters, FLOPs, peak
+training memory and train-step time side by side, then how time and memory grow with the
+input size.
+
+    python -m nnunet_sss.bench.network                       # all plans, both sweeps
+    python -m nnunet_sss.bench.network --plans hippocampus3d --sweep none
+    python -m nnunet_sss.bench.network --plans-file nnUNetPlans.json --configuration 3d_fullres
+    python -m nnunet_sss.bench.network --option 'rwkv_depths=[0,0,1,1]'   # any RWKVSSSUNet option
+
+Every ratio compares two networks measured in the same run, one after the other, with
+`nnunet_sss.bench.measure.measure_network` (see there for how each figure is taken). A
+measurement whose estimated memory exceeds what the machine has free is skipped and says so.
+Goals (issue 4): parameters <= 0.8x, peak training memory <= 0.77x, train-step time <= 1.0x,
+and time and memory growing linearly with the number of voxels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import pydoc
+import sys
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+from nnunet_sss.bench.measure import measure_network
+from nnunet_sss.network.unet import RWKVSSSUNet
+
+GOALS = {"params": 0.8, "memory": 0.77, "time": 1.0}
+
+
+def _plain_kwargs(n_dims: int, features, strides, batch: int, patch, kernel=3, n_conv=2, classes=3, channels=1):
+    conv, norm = {2: (nn.Conv2d, nn.InstanceNorm2d), 3: (nn.Conv3d, nn.InstanceNorm3d)}[n_dims]
+    n_stages = len(features)
+    return dict(
+        kwargs=dict(input_channels=channels, n_stages=n_stages, features_per_stage=list(features), conv_op=conv,
+                    kernel_sizes=[[kernel] * n_dims] * n_stages, strides=[[s] * n_dims for s in strides],
+                    n_conv_per_stage=[n_conv] * n_stages, num_classes=classes,
+                    n_conv_per_stage_decoder=[n_conv] * (n_stages - 1), conv_bias=True, norm_op=norm,
+                    norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
+                    nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True),
+        batch=batch, patch=tuple(patch))
+
+
+# The Hippocampus entries are the architectures, patches and batch sizes nnU-Net 2.8.1 plans for
+# Dataset004 (tests/network/test_unet.py builds from a fresh planning run); the CPU-budget protocol
+# trains them with batch 2 (3D) and 32 (2D): --batch. "large3d" is nnU-Net's default layout for a
+# 128^3 patch with 6 stages.
+PLANS = {
+    "hippocampus3d": _plain_kwargs(3, [32, 64, 128, 256], [1, 2, 2, 2], 9, (40, 56, 40)),
+    "hippocampus2d": _plain_kwargs(2, [32, 64, 128, 256], [1, 2, 2, 2], 366, (56, 40)),
+    "large3d": _plain_kwargs(3, [32, 64, 128, 256, 320, 320], [1, 2, 2, 2, 2, 2], 2, (128, 128, 128)),
+}
+SWEEPS = {
+    "2d": (_plain_kwargs(2, [32, 64, 128, 256, 512, 512], [1, 2, 2, 2, 2, 2], 1, (0, 0)),
+           [(s, s) for s in (128, 256, 512, 1024)]),
+    "3d": (_plain_kwargs(3, [32, 64, 128, 256, 320, 320], [1, 2, 2, 2, 2, 2], 1, (0, 0, 0)),
+           [(s, s, s) for s in (32, 64, 96, 128, 160)]),
+}
+
+
+def plans_from_file(path: str, configuration: str) -> dict:
+    """An nnU-Net plans file's configuration -> the same dict as PLANS entries."""
+    with open(path) as f:
+        plans = json.load(f)
+    config = plans["configurations"][configuration]
+    arch = config["architecture"]
+    kwargs = dict(arch["arch_kwargs"])
+    for key in arch["_kw_requires_import"]:
+        if kwargs[key] is not None:
+            kwargs[key] = pydoc.locate(kwargs[key])
+    if "n_blocks_per_stage" in kwargs:  # ResEnc plans: compare against the plain layout of the same depth
+        kwargs["n_conv_per_stage"] = kwargs.pop("n_blocks_per_stage")
+        for key in ("block", "bottleneck_channels", "stem_channels"):
+            kwargs.pop(key, None)
+    kwargs.update(input_channels=len(plans.get("dataset_json", {}).get("channel_names", {"0": ""})) or 1,
+                  num_classes=3, deep_supervision=True)
+    return dict(kwargs=kwargs, batch=config["batch_size"], patch=tuple(config["patch_size"]))
+
+
+def _available_bytes() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _estimated_bytes(network, patch, batch) -> int:
+    """A generous guess of one training step's peak: 4 bytes x 3 x the planner's activation units."""
+    return int(4 * 3 * batch * network.compute_conv_feature_map_size(patch)) + 16 * sum(
+        p.numel() for p in network.parameters())
+
+
+def _measure(network, plan, args, flops=True):
+    shape = (plan["kwargs"]["input_channels"], *plan["patch"])
+    need, free = _estimated_bytes(network, plan["patch"], plan["batch"]), _available_bytes()
+    if free is not None and args.device == "cpu" and need > 0.8 * free:
+        return None, f"skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+    m = measure_network(network, shape, plan["batch"], device=args.device, steps=args.steps, warmup=args.warmup,
+                        flops=flops, memory=not args.no_memory)
+    return m, None
+
+
+def _fmt(value, unit):
+    if value is None:
+        return "-"
+    if unit == "M":
+        return f"{value / 1e6:.2f} M"
+    if unit == "G":
+        return f"{value / 1e9:.1f} G"
+    if unit == "MiB":
+        return f"{value / 2**20:.0f} MiB"
+    return f"{value:.3f} s"
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def compare_plan(name: str, plan: dict, options: dict, args) -> dict:
+    torch.manual_seed(0)
+    baseline = PlainConvUNet(**plan["kwargs"])
+    rwkv = RWKVSSSUNet(**plan["kwargs"], **options)
+    rwkv.apply(rwkv.initialize)
+    print(f"\n## {name}: patch {plan['patch']}, batch {plan['batch']}, "
+          f"{plan['kwargs']['n_stages']} stages, features {plan['kwargs']['features_per_stage']}", flush=True)
+    results = {}
+    for label, network in (("PlainConvUNet", baseline), ("RWKV-SSS", rwkv)):
+        m, note = _measure(network, plan, args)
+        results[label] = m
+        if note:
+            print(f"{label}: {note}", flush=True)
+    base, ours = results["PlainConvUNet"], results["RWKV-SSS"]
+    rows = [("parameters", "params", "M", "params"), ("FLOPs fwd+bwd (matmul/conv)", "flops_train", "G", None),
+            ("peak train memory", "peak_memory_bytes", "MiB", "memory"), ("train step (median wall)", "step_time_s",
+                                                                        "s", "time"),
+            ("train step (median CPU)", "cpu_time_s", "s", None)]
+    print(f"| {'':30s} | {'PlainConvUNet':>14s} | {'RWKV-SSS':>14s} | {'ratio':>6s} | goal |")
+    print(f"|{'-' * 32}|{'-' * 16}|{'-' * 16}|{'-' * 8}|------|")
+    row_out = {}
+    for title, field, unit, goal in rows:
+        a = getattr(base, field) if base else None
+        b = getattr(ours, field) if ours else None
+        if a is None and field == "params":
+            a = sum(p.numel() for p in baseline.parameters())
+        if b is None and field == "params":
+            b = sum(p.numel() for p in rwkv.parameters())
+        r = _ratio(b, a)
+        mark = "" if goal is None or r is None else ("<= %.2f %s" % (GOALS[goal], "ok" if r <= GOALS[goal] else "MISSED"))
+        print(f"| {title:30s} | {_fmt(a, unit):>14s} | {_fmt(b, unit):>14s} | "
+              f"{'-' if r is None else f'{r:.2f}x':>6s} | {mark} |", flush=True)
+        row_out[field] = dict(baseline=a, rwkv=b, ratio=r)
+    return row_out
+
+
+def sweep(kind: str, options: dict, args) -> list:
+    plan_template, sizes = SWEEPS[kind]
+    if args.sweep_sizes:
+        sizes = [tuple([s] * len(sizes[0])) for s in args.sweep_sizes]
+    print(f"\n## growth with input size ({kind}, batch 1, {plan_template['kwargs']['n_stages']} stages)")
+    print("| size | voxels | net | step time | time / voxel (x smallest) | peak memory | memory / voxel (x smallest) |")
+    print("|---|---|---|---|---|---|---|")
+    first: Dict[str, tuple] = {}
+    out = []
+    for size in sizes:
+        plan = dict(plan_template, patch=size)
+        voxels = math.prod(size)
+        for label in ("PlainConvUNet", "RWKV-SSS"):
+            torch.manual_seed(0)
+            network = PlainConvUNet(**plan["kwargs"]) if label == "PlainConvUNet" else \
+                RWKVSSSUNet(**plan["kwargs"], **options)
+            m, note = _measure(network, plan, args, flops=False)
+            if m is None:
+                print(f"| {'x'.join(map(str, size))} | {voxels} | {label} | {note} | | | |", flush=True)
+                continue
+            t, mem = m.step_time_s / voxels, (m.peak_memory_bytes or 0) / voxels
+            first.setdefault(label, (t, mem))
+            print(f"| {'x'.join(map(str, size))} | {voxels} | {label} | {m.step_time_s:.2f} s | "
+                  f"{t / first[label][0]:.2f} | {_fmt(m.peak_memory_bytes, 'MiB')} | "
+                  f"{(mem / first[label][1]) if first[label][1] else float('nan'):.2f} |", flush=True)
+            out.append(dict(size=size, net=label, **m.as_dict()))
+    return out
+
+
+def _parse_option(text: str):
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.network", description=__doc__.splitlines()[0])
+    parser.add_argument("--plans", nargs="*", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument("--plans-file", help="an nnU-Net plans JSON (with --configuration) instead of --plans")
+    parser.add_argument("--configuration", default="3d_fullres")
+    parser.add_argument("--sweep", nargs="*", default=["2d", "3d"], choices=["2d", "3d", "none"])
+    parser.add_argument("--sweep-sizes", nargs="*", type=int, help="edge lengths (multiples of 32)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                        help="an RWKVSSSUNet option, e.g. 'rwkv_depths=[0,0,1,1]' (repeatable)")
+    parser.add_argument("--batch", type=int, help="override the plans' batch size")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", help="write every number here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = dict(_parse_option(o) for o in args.option)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    print(f"# RWKV-SSS vs PlainConvUNet — torch {torch.__version__}, device {args.device} ({device}), "
+          f"{torch.get_num_threads()} threads, options {options or 'defaults'}")
+    report = {"options": options, "plans": {}, "sweeps": {}}
+    plans = {"plans-file": plans_from_file(args.plans_file, args.configuration)} if args.plans_file else \
+        {name: PLANS[name] for name in args.plans}
+    for name, plan in plans.items():
+        plan = dict(plan, batch=args.batch or plan["batch"])
+        report["plans"][name] = compare_plan(name, plan, options, args)
+    for kind in args.sweep:
+        if kind != "none":
+            report["sweeps"][kind] = sweep(kind, options, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
