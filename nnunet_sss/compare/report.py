@@ -112,8 +112,8 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
     if not efficiency:
         return []
     lines = ["## Efficiency", ""]
-    header = ["", "params (M)", "GFLOPs fwd", "GFLOPs fwd+bwd", "train step (s)", "peak train memory (MiB)",
-              "training wall (min)", "epochs", "median epoch (s)"]
+    header = ["", "params (M)", "GFLOPs fwd", "GFLOPs fwd+bwd", "train step (s)", "train step CPU (s)",
+              "peak train memory (MiB)", "training wall (min)", "epochs", "median epoch (s)"]
     rows, base = [], None
     for label, eff in efficiency.items():
         net = eff.get("network") or {}
@@ -125,15 +125,16 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
         values = {
             "params": net.get("params"), "flops_forward": net.get("flops_forward"),
             "flops_train": net.get("flops_train"), "step_time_s": net.get("step_time_s"),
+            "cpu_time_s": net.get("cpu_time_s"),
             "peak_memory_bytes": net.get("peak_memory_bytes"), "wall": wall,
         }
         if "error" in net:
-            cells = [f"n/a ({net['error']})"] + ["n/a"] * 4
+            cells = [f"n/a ({net['error']})"] + ["n/a"] * 5
         else:
             cells = [_num(values["params"] / 1e6 if values["params"] is not None else None, 3),
                      _num(values["flops_forward"] / 1e9 if values["flops_forward"] is not None else None, 2),
                      _num(values["flops_train"] / 1e9 if values["flops_train"] is not None else None, 2),
-                     _num(values["step_time_s"], 3),
+                     _num(values["step_time_s"], 3), _num(values["cpu_time_s"], 3),
                      _num(values["peak_memory_bytes"] / 2 ** 20 if values["peak_memory_bytes"] is not None
                           else None, 0)]
         fold_errors = [f"fold {k}: {f['error']}" for k, f in folds.items() if "error" in f]
@@ -145,7 +146,8 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
             base = (label, values)
         else:
             ratio = []
-            for key in ("params", "flops_forward", "flops_train", "step_time_s", "peak_memory_bytes", "wall"):
+            for key in ("params", "flops_forward", "flops_train", "step_time_s", "cpu_time_s", "peak_memory_bytes",
+                        "wall"):
                 b, v = base[1][key], values[key]
                 ratio.append(_num(v / b, 2) + "x" if b and v is not None else "n/a")
             rows.append([f"{label} / {base[0]}"] + ratio + ["", ""])

@@ -47,3 +47,20 @@ def test_a_folder_that_is_not_an_nnunet_dataset_is_refused(tmp_path):
     named.mkdir()
     with pytest.raises(DemoError, match="no dataset.json"):
         run_demo(tmp_path / "out2", dataset=named, budget="tiny")
+
+
+def test_a_users_dataset_is_linked_not_copied(tmp_path):
+    from nnunet_sss.demo import check_dataset, link_dataset
+    from nnunet_sss.phantom import write_phantom_dataset
+
+    dataset = write_phantom_dataset(tmp_path / "mine", dataset_id=42, name="Mine", num_train=5, num_test=0,
+                                    shape=(16, 16, 16))
+    assert check_dataset(dataset) == (42, "Dataset042_Mine")
+    raw = tmp_path / "work" / "nnUNet_raw"
+    link_dataset(raw, dataset)
+    link_dataset(raw, dataset)  # a rerun finds its own link
+    assert (raw / "Dataset042_Mine").is_symlink() and (raw / "Dataset042_Mine").resolve() == dataset.resolve()
+    other = write_phantom_dataset(tmp_path / "other", dataset_id=42, name="Mine", num_train=5, num_test=0,
+                                  shape=(16, 16, 16))
+    with pytest.raises(DemoError, match="already holds another dataset"):
+        link_dataset(raw, other)
