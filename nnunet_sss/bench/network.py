@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import pydoc
 import sys
@@ -190,6 +191,17 @@ def sweep(kind: str, options: dict, args) -> list:
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _parse_option(text: str):
     key, _, value = text.partition("=")
     try:
@@ -218,7 +230,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(_parse_option(o) for o in args.option)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{_cpu_name()}, {os.cpu_count()} cores"
     print(f"# RWKV-SSS vs PlainConvUNet — torch {torch.__version__}, device {args.device} ({device}), "
           f"{torch.get_num_threads()} threads, options {options or 'defaults'}")
     report = {"options": options, "plans": {}, "sweeps": {}}

@@ -6,10 +6,8 @@ not look across partition borders either. Shift, mix and projections are one ste
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import mix_init

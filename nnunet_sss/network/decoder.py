@@ -9,7 +9,6 @@ during training the unused heads join the output with weight 0 so that DDP witho
 """
 from __future__ import annotations
 
-import math
 from typing import List, Sequence, Union
 
 import numpy as np

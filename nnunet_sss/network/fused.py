@@ -22,13 +22,13 @@ dtype (fp16 on CUDA) while gradients are returned in each input's dtype.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .pool import avg_pool_tokens, cell_view, pooled_view, repeat_tokens, spread_cells, sum_cells
+from .pool import avg_pool_tokens, cell_view, pooled_view, repeat_tokens, sum_cells
 from .shift import _shift_into, window_shift
 
 

@@ -18,10 +18,9 @@ several scans overflowed fp16 in Vision Mamba); the merge weights are a softmax,
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_sss.kernels import bi_wkv

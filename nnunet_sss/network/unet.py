@@ -4,6 +4,9 @@ PlainConvUNet (so any plans' `arch_kwargs` fit) plus its own keyword options, on
 
     use_rwkv=True          Stage-Scan blocks in the encoder (False: the plans' convs instead)
     rwkv_depths=1          blocks per encoder stage (int, or a list with one entry per stage)
+    rwkv_first_stage=0     stages before this one keep the plans' convs (no blocks), whatever
+                           rwkv_depths says: a stage-count-free way to keep blocks off the
+                           largest maps
     local_window=8         local layer window, tokens per axis (int or per-axis list)
     global_window=32       global layer window, tokens per axis; None = the whole map
     scan="stage"           snake order, all cyclic axis orders, learned merge ("raster": one order)
@@ -92,6 +95,7 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         hidden_ratio: float = 2,
         upsample: str = "dynamic",
         rwkv_checkpoint: bool = True,
+        rwkv_first_stage: int = 0,
     ):
         super().__init__()
         self.key_to_encoder = "encoder.stages"
@@ -123,6 +127,9 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         depths = _per_stage(rwkv_depths, n_stages, "rwkv_depths")
         if any((not isinstance(d, (int, np.integer))) or d < 0 for d in depths):
             raise ValueError(f"rwkv_depths must be ints >= 0, got {rwkv_depths}")
+        if not isinstance(rwkv_first_stage, (int, np.integer)) or not 0 <= rwkv_first_stage <= n_stages:
+            raise ValueError(f"rwkv_first_stage must be an int in [0, n_stages={n_stages}], got {rwkv_first_stage!r}")
+        depths = [0 if s < rwkv_first_stage else d for s, d in enumerate(depths)]
         if not use_rwkv:
             depths = [0] * n_stages
         local = _per_axis(local_window, n_dims, "local_window")
@@ -149,7 +156,7 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         self.options = dict(use_rwkv=use_rwkv, rwkv_depths=depths, local_window=local, global_window=global_window
                             if global_window is None else glob, scan=scan, shift=shift,
                             wkv_pool=[list(p) for p in pools], hidden_ratio=hidden_ratio, upsample=upsample,
-                            rwkv_checkpoint=rwkv_checkpoint)
+                            rwkv_checkpoint=rwkv_checkpoint, rwkv_first_stage=rwkv_first_stage)
         self.encoder = RWKVSSSEncoder(
             input_channels, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage, depths,
             (glob, local), pools, hidden_ratio, scan, shift, rwkv_checkpoint, conv_bias, norm_op, norm_op_kwargs, dropout_op,

@@ -13,7 +13,7 @@ prod(scale) times less than after. Per-axis scale factors come from the plans' s
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Type
+from typing import Sequence, Type
 
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,4 @@
 """compute_conv_feature_map_size counts what backward really keeps, at the conv layers' rate."""
-import math
 
 import pytest
 import torch

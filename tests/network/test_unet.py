@@ -184,6 +184,10 @@ def test_per_stage_depths_and_windows():
     assert len(net.encoder.stages[0][0].convs) == 2 and len(net.encoder.stages[1][0].convs) == 1
     assert layers[0].spatial_mix.window == (None, None, None) and layers[1].spatial_mix.window == (2, 4, 4)
     net(torch.randn(1, 1, 8, 12, 8))
+    late = RWKVSSSUNet(**tiny_kwargs(3, rwkv_first_stage=2))
+    assert late.encoder.depths == [0, 0, 1] and len(late.encoder.stages[1][0].convs) == 2
+    with pytest.raises(ValueError, match="rwkv_first_stage"):
+        RWKVSSSUNet(**tiny_kwargs(3, rwkv_first_stage=5))
 
 
 def test_initialize_keeps_the_vision_rwkv_init():
