@@ -76,7 +76,7 @@ def class_bar_plot(group: dict, key: str, metric: str, out_dir: Path) -> Path:
     ax.set_xticklabels([_class_title(k, entries[0]) if entries else k for k in keys], fontsize=8)
     ax.set_ylabel(f"mean {metric} (95% bootstrap CI)")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(entries), 2), frameon=False)
     ax.set_title(f"{group['title']}: {metric} per class", fontsize=10)
     return _save(plt, fig, out_dir / f"classes_{key}_{metric}.png")
 

@@ -167,7 +167,8 @@ def test_missing_folds_are_one_error_listing_each(demo_run, tmp_path):
 
 def test_mismatched_cases_are_an_error_naming_them(demo_run, tmp_path):
     results = _copy_results(demo_run, tmp_path)
-    summary_file = results / DATASET / f"{TRAINERS[1]}__nnUNetPlans__{CONFIGURATION}" / "fold_0" / "validation" / "summary.json"
+    model = results / DATASET / f"{TRAINERS[1]}__nnUNetPlans__{CONFIGURATION}"
+    summary_file = model / "fold_0" / "validation" / "summary.json"
     summary = _load(summary_file)
     dropped = summary["metric_per_case"].pop(0)["prediction_file"].split("/")[-1][: -len(".nii.gz")]
     summary_file.write_text(json.dumps(summary))
