@@ -19,6 +19,7 @@ NETWORK_DEFAULTS = MappingProxyType({
     "hidden_ratio": 2,
     "upsample": "dynamic",
     "rwkv_checkpoint": True,  # recompute block activations in backward: memory, not the model
+    "rwkv_first_stage": 0,  # stages before it keep the plans' convs
 })
 
 # S is the network's defaults (one Stage-Scan block per stage, the block taking the place of the

@@ -55,8 +55,10 @@ class NetworkMeasurement:
     params: int
     flops_forward: Optional[int] = None        # one forward of one batch
     flops_train: Optional[int] = None          # one forward + backward of one batch
-    peak_memory_bytes: Optional[int] = None    # extra memory of one forward+backward
-    memory_method: Optional[str] = None        # "cuda_max_allocated" | "subprocess_vmhwm" | ...
+    peak_memory_bytes: Optional[int] = None    # extra live tensor memory of one forward+backward
+    memory_method: Optional[str] = None        # "cuda_max_allocated" | "profiler_live_tensors"
+    peak_rss_bytes: Optional[int] = None       # CPU: resident-set growth of the step in a fresh process
+    rss_method: Optional[str] = None           # "subprocess_vmhwm" | "subprocess_ru_maxrss" | ...
     step_time_s: Optional[float] = None        # median train-step wall time
     step_times_s: list = field(default_factory=list)
     cpu_time_s: Optional[float] = None         # median process CPU time of a train step
@@ -109,7 +111,8 @@ def measure_network(
         if device.type == "cuda":
             result.peak_memory_bytes, result.memory_method = _cuda_peak_memory(network, x, amp), "cuda_max_allocated"
         else:
-            result.peak_memory_bytes, result.memory_method = _cpu_peak_memory(network, x, amp)
+            result.peak_rss_bytes, result.rss_method, result.peak_memory_bytes = _cpu_peak_memory(network, x, amp)
+            result.memory_method = "profiler_live_tensors"
     if timing:
         saved = {k: v.detach().clone() for k, v in network.state_dict().items()}
         result.step_times_s, cpu_times = _time_steps(network, x, amp, steps, warmup, seed)
@@ -170,8 +173,29 @@ def _cuda_peak_memory(network, x, amp):
     return int(peak)
 
 
+def _live_tensor_peak(network, x, amp):
+    """Peak of the live tensor bytes allocated during one forward+backward (profiler events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    network.zero_grad(set_to_none=True)
+    _forward_backward(network, x, amp)  # one-time lazy state (scan plans, workspaces) out of the way
+    network.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _forward_backward(network, x, amp)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    network.zero_grad(set_to_none=True)
+    return int(peak)
+
+
 def _cpu_peak_memory(network, x, amp):
-    """Run one forward+backward in a fresh subprocess; return (bytes, method)."""
+    """In a fresh subprocess: the resident-set growth of one forward+backward, then the live
+    tensor peak of another (the profiler's chatter stays in the child's stderr).
+    Returns (rss bytes, rss method, live bytes)."""
     with tempfile.TemporaryDirectory(prefix="nnunet_sss_measure_") as tmp:
         path = os.path.join(tmp, "job.pt")
         try:
@@ -180,7 +204,7 @@ def _cpu_peak_memory(network, x, amp):
         except Exception as exc:  # a network that cannot be pickled: measure here, and say so
             warnings.warn(f"measure_network: the network cannot be pickled ({exc!r}); peak memory is "
                           "measured in this process, where cached allocator memory can hide part of it")
-            return _rss_peak_of_step(network, x, amp)
+            return (*_rss_peak_of_step(network, x, amp), _live_tensor_peak(network, x, amp))
         env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
         proc = subprocess.run(
             [sys.executable, "-c", f"import sys; from {__name__} import _child; _child(sys.argv[1])", path],
@@ -189,13 +213,14 @@ def _cpu_peak_memory(network, x, amp):
         if proc.returncode != 0:
             raise RuntimeError(f"measure_network: the memory subprocess failed:\n{proc.stderr[-4000:]}")
         reply = json.loads(proc.stdout.strip().splitlines()[-1])
-        return reply["peak"], "subprocess_" + reply["method"]
+        return reply["rss"], "subprocess_" + reply["method"], reply["live"]
 
 
 def _child(path):
     job = torch.load(path, weights_only=False)
     network, x, amp = job["network"].train(), job["x"], job["amp"]
-    print(json.dumps(dict(zip(("peak", "method"), _rss_peak_of_step(network, x, amp)))))
+    rss, method = _rss_peak_of_step(network, x, amp)
+    print(json.dumps(dict(rss=rss, method=method, live=_live_tensor_peak(network, x, amp))))
 
 
 def _read_status_kib(key):

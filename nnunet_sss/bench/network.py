@@ -6,6 +6,7 @@ input size.
     python -m nnunet_sss.bench.network --plans hippocampus3d --sweep none
     python -m nnunet_sss.bench.network --plans-file nnUNetPlans.json --configuration 3d_fullres
     python -m nnunet_sss.bench.network --option 'rwkv_depths=[0,0,1,1]'   # any RWKVSSSUNet option
+    python -m nnunet_sss.bench.network --params                           # parameter table only
 
 Every ratio compares two networks measured in the same run, one after the other, with
 `nnunet_sss.bench.measure.measure_network` (see there for how each figure is taken). A
@@ -59,7 +60,8 @@ PLANS = {
 SWEEPS = {
     "2d": (_plain_kwargs(2, [32, 64, 128, 256, 512, 512], [1, 2, 2, 2, 2, 2], 1, (0, 0)),
            [(s, s) for s in (128, 256, 512, 1024)]),
-    "3d": (_plain_kwargs(3, [32, 64, 128, 256, 320, 320], [1, 2, 2, 2, 2, 2], 1, (0, 0, 0)),
+    # 5 stages: a 32^3 input still leaves a 2^3 bottleneck (instance norm needs > 1 voxel)
+    "3d": (_plain_kwargs(3, [32, 64, 128, 256, 320], [1, 2, 2, 2, 2], 1, (0, 0, 0)),
            [(s, s, s) for s in (32, 64, 96, 128, 160)]),
 }
 
@@ -141,11 +143,12 @@ def compare_plan(name: str, plan: dict, options: dict, args) -> dict:
             print(f"{label}: {note}", flush=True)
     base, ours = results["PlainConvUNet"], results["RWKV-SSS"]
     rows = [("parameters", "params", "M", "params"), ("FLOPs fwd+bwd (matmul/conv)", "flops_train", "G", None),
-            ("peak train memory", "peak_memory_bytes", "MiB", "memory"), ("train step (median wall)", "step_time_s",
-                                                                        "s", "time"),
+            ("peak train memory (live tensors)", "peak_memory_bytes", "MiB", "memory"),
+            ("peak train memory (process RSS)", "peak_rss_bytes", "MiB", None),
+            ("train step (median wall)", "step_time_s", "s", "time"),
             ("train step (median CPU)", "cpu_time_s", "s", None)]
-    print(f"| {'':30s} | {'PlainConvUNet':>14s} | {'RWKV-SSS':>14s} | {'ratio':>6s} | goal |")
-    print(f"|{'-' * 32}|{'-' * 16}|{'-' * 16}|{'-' * 8}|------|")
+    print(f"| {'':32s} | {'PlainConvUNet':>14s} | {'RWKV-SSS':>14s} | {'ratio':>6s} | goal |")
+    print(f"|{'-' * 34}|{'-' * 16}|{'-' * 16}|{'-' * 8}|------|")
     row_out = {}
     for title, field, unit, goal in rows:
         a = getattr(base, field) if base else None
@@ -156,7 +159,7 @@ def compare_plan(name: str, plan: dict, options: dict, args) -> dict:
             b = sum(p.numel() for p in rwkv.parameters())
         r = _ratio(b, a)
         mark = "" if goal is None or r is None else ("<= %.2f %s" % (GOALS[goal], "ok" if r <= GOALS[goal] else "MISSED"))
-        print(f"| {title:30s} | {_fmt(a, unit):>14s} | {_fmt(b, unit):>14s} | "
+        print(f"| {title:32s} | {_fmt(a, unit):>14s} | {_fmt(b, unit):>14s} | "
               f"{'-' if r is None else f'{r:.2f}x':>6s} | {mark} |", flush=True)
         row_out[field] = dict(baseline=a, rwkv=b, ratio=r)
     return row_out
@@ -202,6 +205,24 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+PARAM_VARIANTS = (("defaults", {}), ("rwkv_first_stage=2", dict(rwkv_first_stage=2)),
+                  ("hidden_ratio=1", dict(hidden_ratio=1)),
+                  ("rwkv_first_stage=2, hidden_ratio=1", dict(rwkv_first_stage=2, hidden_ratio=1)),
+                  ('upsample="transpose"', dict(upsample="transpose")), ("use_rwkv=False", dict(use_rwkv=False)))
+
+
+def parameter_table() -> None:
+    """Parameters of every plan's PlainConvUNet and of RWKV-SSS variants (no measuring)."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print("| plan | PlainConvUNet | " + " | ".join(f"`{name}`" for name, _ in PARAM_VARIANTS) + " |")
+    print("|---" * (len(PARAM_VARIANTS) + 2) + "|")
+    for name, plan in PLANS.items():
+        base = count(PlainConvUNet(**plan["kwargs"]))
+        cells = [count(RWKVSSSUNet(**plan["kwargs"], **options)) for _, options in PARAM_VARIANTS]
+        print(f"| {name} | {base / 1e6:.2f} M | " + " | ".join(f"{c / 1e6:.2f} M ({c / base:.2f}x)" for c in cells)
+              + " |")
+
+
 def _parse_option(text: str):
     key, _, value = text.partition("=")
     try:
@@ -226,7 +247,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--params", action="store_true", help="only print the parameter table of all plans")
     args = parser.parse_args(argv)
+    if args.params:
+        parameter_table()
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(_parse_option(o) for o in args.option)

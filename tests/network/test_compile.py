@@ -9,7 +9,7 @@ import torch
 
 from nnunet_sss import RWKVSSSUNet
 
-from conftest import tiny_kwargs
+from network_cases import tiny_kwargs
 
 
 def test_compiled_network_matches_eager():

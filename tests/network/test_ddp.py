@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import tiny_kwargs
+from network_cases import tiny_kwargs
 
 
 def _free_port():

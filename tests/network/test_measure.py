@@ -5,7 +5,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunet_sss import RWKVSSSUNet
 from nnunet_sss.bench.measure import measure_network
 
-from conftest import tiny_kwargs
+from network_cases import tiny_kwargs
 
 
 def test_measure_network_on_both_networks():
@@ -21,9 +21,14 @@ def test_measure_network_on_both_networks():
         assert 0 < m.flops_forward < m.flops_train
         assert len(m.step_times_s) == 2 and m.step_time_s > 0 and m.cpu_time_s > 0
     m = results["rwkv"]
-    assert m.memory_method.startswith("subprocess_") and m.peak_memory_bytes > 0
+    assert m.memory_method == "profiler_live_tensors" and m.peak_memory_bytes > 0
+    assert m.rss_method.startswith("subprocess_") and m.peak_rss_bytes > 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights left as they were
     # a plain conv net's forward FLOPs: 2 per multiply-add of every conv, counted by the flop counter
     conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert measure_network(conv, (1, 8, 8), 3, memory=False, timing=False).flops_forward == 2 * 9 * 4 * 64 * 3
     assert results["rwkv"].as_dict()["params"] == m.params
+    # the live-tensor peak of a conv's forward+backward holds at least its output and the output's gradient
+    wide = torch.nn.Conv2d(1, 64, 3, padding=1)
+    peak = measure_network(wide, (1, 32, 32), 4, flops=False, timing=False).peak_memory_bytes
+    assert peak >= 2 * 4 * 64 * 32 * 32 * 4

@@ -12,7 +12,7 @@ import nnunet_sss
 import nnunet_sss.network.spatial_mix as spatial_mix_module
 from nnunet_sss.network.block import RWKVLayer
 
-from conftest import resolve_arch_kwargs, tiny_kwargs
+from network_cases import resolve_arch_kwargs, tiny_kwargs
 
 RWKVSSSUNet = nnunet_sss.RWKVSSSUNet
 
