@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from nnunet_sss.compare.efficiency import build_trainer_network, parse_training_log, training_time
-from nnunet_sss.compare.results import dataset_name, model_identifier, results_root
+from nnunet_sss.compare.comparison import ensure_ext_trainer_path
+from nnunet_sss.compare.results import model_identifier, results_root
 from nnunet_sss.env import export_value
 
 
@@ -42,8 +43,10 @@ def _specs(args):
 
 
 def _fold_dir(args, trainer, plans, configuration, fold) -> Path:
-    root = results_root(None)
-    return root / dataset_name(root, args.dataset) / model_identifier(trainer, plans, configuration) / f"fold_{fold}"
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    dataset = maybe_convert_to_dataset_name(args.dataset)  # finds it in raw/preprocessed, before any results
+    return results_root(None) / dataset / model_identifier(trainer, plans, configuration) / f"fold_{fold}"
 
 
 def run(args) -> int:
@@ -71,6 +74,7 @@ def _cell(x, fmt):
 
 
 def table(args) -> int:
+    ensure_ext_trainer_path()  # the networks are rebuilt through nnU-Net's trainer lookup
     print("| configuration | fold | trainer | plans | Dice 1 | Dice 2 | foreground mean | parameters | s / it | "
           "training wall |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -1,0 +1,53 @@
+"""`python -m nnunet_sss.bench.protocol`: its table against the demo run's own files, and its
+refusals."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_sss.bench import protocol
+
+from .conftest import CONFIGURATION, TRAINERS, clean_env
+
+
+def _table(demo_run, *extra):
+    env = dict(clean_env(), nnUNet_raw=str(demo_run.root / "nnUNet_raw"),
+               nnUNet_preprocessed=str(demo_run.root / "nnUNet_preprocessed"), nnUNet_results=str(demo_run.results))
+    return subprocess.run([sys.executable, "-m", "nnunet_sss.bench.protocol", "table", "-d", "990", "-c",
+                           CONFIGURATION, "-tr", *TRAINERS, *extra], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_table_rows_are_the_summary_json_scores(demo_run):
+    proc = _table(demo_run, "-f", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(f"| {CONFIGURATION} | 0 |")]
+    assert len(rows) == len(TRAINERS)
+    for trainer, row in zip(TRAINERS, rows):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        summary = json.loads((demo_run.model_folder(trainer) / "fold_0" / "validation" / "summary.json").read_text())
+        assert cells[2] == trainer
+        assert float(cells[4]) == pytest.approx(summary["mean"]["1"]["Dice"], abs=5e-5)
+        assert float(cells[5]) == pytest.approx(summary["mean"]["2"]["Dice"], abs=5e-5)
+        assert float(cells[6]) == pytest.approx(summary["foreground_mean"]["Dice"], abs=5e-5)
+        assert cells[7].endswith(" M") and float(cells[7][:-2]) > 0
+        assert float(cells[8]) > 0                   # seconds per iteration from the log
+    # the two networks differ, so the parameter cells must too
+    assert rows[0].split("|")[8] != rows[1].split("|")[8]
+
+
+def test_table_says_which_fold_is_missing(demo_run):
+    proc = _table(demo_run, "-f", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("not finished: no ") == len(TRAINERS)
+    assert "fold_3" in proc.stdout
+
+
+def test_plans_must_pair_with_trainers():
+    with pytest.raises(SystemExit, match="one per trainer"):
+        protocol.main(["run", "-tr", "a", "b", "c", "-p", "p1", "p2"])
+
+
+def test_iterations_per_epoch_follow_the_schedule_table():
+    assert protocol._iterations_per_epoch("nnUNetTrainerRWKVSSS_cpubudget") == 50
+    assert protocol._iterations_per_epoch("nnUNetTrainer") == 250
