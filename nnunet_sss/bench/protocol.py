@@ -14,8 +14,8 @@ other on the same machine, with the protocol's settings (`-device cpu`, `nnUNet_
 `table` prints the protocol's score per model as a Markdown table: Dice per class and
 foreground mean (nnU-Net's final validation, all cases of the fold, mirroring as the trainer
 says), parameters (the network nnU-Net builds from the plans.json stored with the results),
-seconds per training iteration (median epoch time of the last epoch's log line / iterations
-per epoch: includes the epoch's few validation iterations) and training wall time (log start
+seconds per training iteration (the last epoch's logged time / the trainer's iterations per
+epoch: includes the epoch's few validation iterations) and training wall time (log start
 to "Training done.").
 """
 from __future__ import annotations
@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_sss.compare.efficiency import build_trainer_network, parse_training_log, training_time
+from nnunet_sss.compare.efficiency import build_trainer_network, training_time
 from nnunet_sss.compare.comparison import ensure_ext_trainer_path
 from nnunet_sss.compare.results import model_identifier, results_root
-from nnunet_sss.env import export_value
 
 
 def _specs(args):
@@ -50,7 +49,8 @@ def _fold_dir(args, trainer, plans, configuration, fold) -> Path:
 
 
 def run(args) -> int:
-    env = dict(os.environ, nnUNet_extTrainer=export_value(), nnUNet_n_proc_DA="1")
+    ensure_ext_trainer_path()
+    env = dict(os.environ, nnUNet_n_proc_DA="1")
     for trainer, plans, configuration, fold in _specs(args):
         fold_dir = _fold_dir(args, trainer, plans, configuration, fold)
         if (fold_dir / "validation" / "summary.json").is_file():
@@ -88,9 +88,9 @@ def table(args) -> int:
         dice = {k: v["Dice"] for k, v in scores["mean"].items()}
         network, _, _ = build_trainer_network(fold_dir.parent, trainer, configuration)
         params = sum(p.numel() for p in network.parameters())
-        epochs = [t for log in sorted(fold_dir.glob("training_log_*.txt")) for t in parse_training_log(log)["epoch_times_s"]]
+        timing = training_time(fold_dir)
+        epochs, wall = timing.get("epoch_times_s"), timing.get("train_wall_s")
         per_it = epochs[-1] / _iterations_per_epoch(trainer) if epochs else None
-        wall = training_time(fold_dir).get("train_wall_s")
         print(f"| {configuration} | {fold} | {trainer} | {plans} | {_cell(dice.get('1'), '.4f')} | "
               f"{_cell(dice.get('2'), '.4f')} | {scores['foreground_mean']['Dice']:.4f} | {params / 1e6:.2f} M | "
               f"{_cell(per_it, '.2f')} | {_cell(None if wall is None else wall / 60, '.1f')} min |")
@@ -98,12 +98,11 @@ def table(args) -> int:
 
 
 def _iterations_per_epoch(trainer: str) -> int:
-    from nnunet_sss.training.schedules import SCHEDULES
+    """From the trainer's schedule; trainers without one keep nnU-Net's 250."""
+    from nnunet_sss.training import TRAINERS
 
-    for suffix, schedule in SCHEDULES.items():
-        if trainer.endswith("_" + suffix):
-            return schedule.iterations
-    return 250  # nnU-Net's default
+    schedule = getattr(TRAINERS.get(trainer), "schedule", None)
+    return schedule.iterations if schedule else 250
 
 
 def main(argv=None) -> int:

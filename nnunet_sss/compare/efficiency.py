@@ -55,6 +55,7 @@ def training_time(fold_dir: Path) -> dict:
         "logs": [p["log"] for p in parsed],
         "finished": parsed[-1]["finished"],
         "epochs": len(epoch_times),
+        "epoch_times_s": epoch_times,
         "epoch_time_median_s": statistics.median(epoch_times) if epoch_times else None,
         "epoch_time_sum_s": sum(epoch_times),
         # start of the log to "Training done." (initialisation and every epoch, without the final validation)

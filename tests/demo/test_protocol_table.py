@@ -50,4 +50,5 @@ def test_plans_must_pair_with_trainers():
 
 def test_iterations_per_epoch_follow_the_schedule_table():
     assert protocol._iterations_per_epoch("nnUNetTrainerRWKVSSS_cpubudget") == 50
+    assert protocol._iterations_per_epoch("nnUNetTrainer_smoke") == 3
     assert protocol._iterations_per_epoch("nnUNetTrainer") == 250
