@@ -2,10 +2,10 @@
 through nnUNet_extTrainer (see nnunet_sss/nnunet_ext/); they live here, in the package."""
 from .ablations import ABLATION_TRAINERS, ABLATIONS
 from .schedules import SCHEDULED_TRAINERS, SCHEDULES, Schedule
-from .trainer import nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
+from .trainer import nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
 
 # Every trainer nnU-Net may be asked for by name (the baseline's schedule variants included).
-TRAINERS = {cls.__name__: cls for cls in (nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD,
+TRAINERS = {cls.__name__: cls for cls in (nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD, nnUNetTrainerAdamWWarmup,
                                           *ABLATION_TRAINERS, *SCHEDULED_TRAINERS)}
 globals().update(TRAINERS)
 

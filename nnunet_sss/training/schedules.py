@@ -14,7 +14,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from .ablations import ABLATION_TRAINERS
-from .trainer import nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
+from .trainer import nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
 from .variants import define_variant
 
 
@@ -71,7 +71,8 @@ class ScheduledTrainer:
         return result
 
 
-SCHEDULED_BASES = (nnUNetTrainer, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD, *ABLATION_TRAINERS)
+SCHEDULED_BASES = (nnUNetTrainer, nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD,
+                   *ABLATION_TRAINERS)
 
 SCHEDULED_TRAINERS = tuple(
     define_variant(globals(), f"{base.__name__}_{suffix}", (ScheduledTrainer, base), {"schedule": schedule},

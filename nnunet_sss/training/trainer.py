@@ -1,4 +1,5 @@
-"""nnUNetTrainerRWKVSSS: nnU-Net's trainer with the RWKV-SSS network and an AdamW schedule.
+"""nnUNetTrainerRWKVSSS: nnU-Net's trainer with the RWKV-SSS network and an AdamW schedule
+(and nnUNetTrainerAdamWWarmup: nnU-Net's network with that schedule, the optimiser control).
 
 Everything else - data loading, augmentation, loss, deep supervision, checkpoints, validation,
 prediction - is nnU-Net's own. The network is built from whatever the configuration's plans
@@ -17,11 +18,11 @@ from nnunet_sss.plans import DEFAULT_PRESET, is_rwkvsss, preset_options, rwkvsss
 from .optim import WarmupPolyLRScheduler, adamw_param_groups
 
 
-class nnUNetTrainerRWKVSSS(nnUNetTrainer):
-    """RWKV-SSS trained with AdamW, linear warm-up then poly decay."""
+class AdamWWarmupMixin:
+    """AdamW, linear warm-up then poly decay (optim.py), for any nnUNetTrainer: put it first in
+    the bases. The RWKV-SSS trainer's optimiser; nnUNetTrainerAdamWWarmup gives it to nnU-Net's
+    own network, so that the optimiser and the architecture can be measured apart."""
 
-    network_preset = DEFAULT_PRESET          # options used when the plans are not RWKV-SSS plans
-    network_overrides = MappingProxyType({})  # set by ablation variants, win over plans and preset
     default_initial_lr = 1e-3
     default_weight_decay = 5e-2
     warmup_fraction = 0.05                   # of num_epochs; 50 of 1000, one of 20
@@ -32,6 +33,36 @@ class nnUNetTrainerRWKVSSS(nnUNetTrainer):
         self.initial_lr = self.default_initial_lr
         self.weight_decay = self.default_weight_decay
         self.iteration_in_epoch = 0
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr)
+        warmup_epochs = max(1.0, self.warmup_fraction * self.num_epochs)
+        return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup_epochs)
+
+    def on_train_epoch_start(self):
+        self.iteration_in_epoch = 0
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        # Warm-up rises per iteration (a one-epoch warm-up is otherwise no warm-up at all); the
+        # rate depends only on (epoch, iteration), so --c resumes on the same curve.
+        epoch = self.current_epoch + self.iteration_in_epoch / self.num_iterations_per_epoch
+        if isinstance(self.lr_scheduler, WarmupPolyLRScheduler) and self.lr_scheduler.in_warmup(epoch):
+            self.lr_scheduler.step(epoch)
+        self.iteration_in_epoch += 1
+        return super().train_step(batch)
+
+
+class nnUNetTrainerAdamWWarmup(AdamWWarmupMixin, nnUNetTrainer):
+    """nnU-Net's own network with the RWKV-SSS trainer's optimiser and schedule: the control that
+    tells how much of a difference to nnUNetTrainer comes with the optimiser alone."""
+
+
+class nnUNetTrainerRWKVSSS(AdamWWarmupMixin, nnUNetTrainer):
+    """RWKV-SSS trained with AdamW, linear warm-up then poly decay."""
+
+    network_preset = DEFAULT_PRESET          # options used when the plans are not RWKV-SSS plans
+    network_overrides = MappingProxyType({})  # set by ablation variants, win over plans and preset
 
     @classmethod
     def network_options(cls, architecture: dict) -> dict:
@@ -56,24 +87,6 @@ class nnUNetTrainerRWKVSSS(nnUNetTrainer):
         return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                       num_input_channels, num_output_channels, allow_init=True,
                                       deep_supervision=enable_deep_supervision)
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr)
-        warmup_epochs = max(1.0, self.warmup_fraction * self.num_epochs)
-        return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup_epochs)
-
-    def on_train_epoch_start(self):
-        self.iteration_in_epoch = 0
-        super().on_train_epoch_start()
-
-    def train_step(self, batch: dict) -> dict:
-        # Warm-up rises per iteration (a one-epoch warm-up is otherwise no warm-up at all); the
-        # rate depends only on (epoch, iteration), so --c resumes on the same curve.
-        epoch = self.current_epoch + self.iteration_in_epoch / self.num_iterations_per_epoch
-        if isinstance(self.lr_scheduler, WarmupPolyLRScheduler) and self.lr_scheduler.in_warmup(epoch):
-            self.lr_scheduler.step(epoch)
-        self.iteration_in_epoch += 1
-        return super().train_step(batch)
 
 
 class nnUNetTrainerRWKVSSS_SGD(nnUNetTrainerRWKVSSS):

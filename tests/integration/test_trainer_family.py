@@ -11,7 +11,8 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_sss.plans import preset_options, rwkvsss_options
-from nnunet_sss.training import ABLATIONS, SCHEDULES, TRAINERS, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
+from nnunet_sss.training import (ABLATIONS, SCHEDULES, TRAINERS, nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS,
+                                 nnUNetTrainerRWKVSSS_SGD)
 from nnunet_sss.training.optim import WarmupPolyLRScheduler, adamw_param_groups, warmup_poly_lr
 
 from .handwritten_plans import DATASET_JSON, handwritten_plans
@@ -75,7 +76,8 @@ def test_no_generated_name_shadows_or_is_shadowed_by_nnunet():
     for name in TRAINERS:
         assert "__" not in name
         assert recursive_find_python_class(folder, name, "nnunetv2.training.nnUNetTrainer") is None, name
-    expected = {f"{base}_{suffix}" for base in ("nnUNetTrainer", "nnUNetTrainerRWKVSSS", "nnUNetTrainerRWKVSSS_SGD",
+    expected = {f"{base}_{suffix}" for base in ("nnUNetTrainer", "nnUNetTrainerAdamWWarmup", "nnUNetTrainerRWKVSSS",
+                                                 "nnUNetTrainerRWKVSSS_SGD",
                                                  *(f"nnUNetTrainerRWKVSSS_{a}" for a in ABLATIONS))
                 for suffix in SCHEDULES}
     assert expected <= set(TRAINERS)
@@ -204,3 +206,20 @@ def test_sgd_variant_keeps_nnunets_schedule(results_env):
     assert optimizer.param_groups[0]["lr"] == 1e-2 and optimizer.param_groups[0]["momentum"] == 0.99
     assert not isinstance(scheduler, WarmupPolyLRScheduler)
     assert math.isclose(trainer.weight_decay, 3e-5)
+
+
+def test_adamw_control_trains_nnunets_own_network_with_the_rwkvsss_schedule(results_env, monkeypatch):
+    """The optimiser control: the baseline's network (as nnUNetTrainer builds it) under the
+    RWKV-SSS trainer's AdamW, warm-up and poly decay, for the same (epoch, iteration)."""
+    control = _trainer(TRAINERS["nnUNetTrainerAdamWWarmup_cpubudget"], "3d_fullres")
+    rwkvsss = _trainer(TRAINERS["nnUNetTrainerRWKVSSS_cpubudget"], "3d_fullres")
+    control.network, _, _ = _build(nnUNetTrainerAdamWWarmup, "3d_fullres")
+    baseline, _, _ = _build(nnUNetTrainer, "3d_fullres")
+    assert type(control.network) is type(baseline)
+    assert control.network.state_dict().keys() == baseline.state_dict().keys()
+    rwkvsss.network, _, _ = _build(nnUNetTrainerRWKVSSS, "3d_fullres")
+    for trainer in (control, rwkvsss):
+        trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+        assert isinstance(trainer.optimizer, torch.optim.AdamW)
+        assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [5e-2, 0.0]
+    assert _lrs_of_epoch(control, monkeypatch) == pytest.approx(_lrs_of_epoch(rwkvsss, monkeypatch))
