@@ -1,12 +1,10 @@
 """The nnU-Net trainer family for RWKV-SSS (layer 3). nnU-Net finds these classes by name
 through nnUNet_extTrainer (see nnunet_sss/nnunet_ext/); they live here, in the package."""
-from .ablations import ABLATION_TRAINERS, ABLATIONS
-from .schedules import SCHEDULED_TRAINERS, SCHEDULES, Schedule
-from .trainer import nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD
+from .ablations import ABLATIONS
+from .schedules import PLUGIN_TRAINERS, SCHEDULED_TRAINERS, SCHEDULES, Schedule
 
 # Every trainer nnU-Net may be asked for by name (the baseline's schedule variants included).
-TRAINERS = {cls.__name__: cls for cls in (nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD, nnUNetTrainerAdamWWarmup,
-                                          *ABLATION_TRAINERS, *SCHEDULED_TRAINERS)}
+TRAINERS = {cls.__name__: cls for cls in (*PLUGIN_TRAINERS, *SCHEDULED_TRAINERS)}
 globals().update(TRAINERS)
 
 __all__ = ["ABLATIONS", "SCHEDULES", "Schedule", "TRAINERS", *TRAINERS]

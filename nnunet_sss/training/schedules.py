@@ -71,8 +71,9 @@ class ScheduledTrainer:
         return result
 
 
-SCHEDULED_BASES = (nnUNetTrainer, nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD,
-                   *ABLATION_TRAINERS)
+# The package's own trainers (each also gets the schedule variants, as does nnU-Net's baseline).
+PLUGIN_TRAINERS = (nnUNetTrainerRWKVSSS, nnUNetTrainerRWKVSSS_SGD, nnUNetTrainerAdamWWarmup, *ABLATION_TRAINERS)
+SCHEDULED_BASES = (nnUNetTrainer, *PLUGIN_TRAINERS)
 
 SCHEDULED_TRAINERS = tuple(
     define_variant(globals(), f"{base.__name__}_{suffix}", (ScheduledTrainer, base), {"schedule": schedule},
