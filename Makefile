@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m nnunet_sss.bench.wkv
 	$(PY) -m nnunet_sss.bench.network
+
+## The checks that need a CUDA GPU (kernel and network tests on CUDA, GPU benchmarks); logs in gpu_check_logs/.
+gpu-check: $(STAMP)
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

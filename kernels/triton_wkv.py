@@ -15,13 +15,22 @@ Inside a chunk the recurrences are plain fp32 loops over the steps (at most CHUN
 every load is a contiguous run of BLOCK_C channels. Inputs are read in their own dtype and
 computed in fp32. Triton is imported here, and this module only when the backend is used.
 """
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-CHUNK = 64  # steps per chunk; shorter sequences use the next power of two >= T
+CHUNK = 64  # steps per chunk (at least; shorter sequences use the next power of two >= T)
+MAX_CHUNKS = 512  # longer sequences get longer chunks
+UNROLL = 1  # step-loop unroll factor
 _PARTS_FWD = 4  # local sums per chunk: prefix (num, den) at its end, suffix (num, den) at its start
 _PARTS_BWD = 8  # prefix P, Q, P2, Q2 and suffix S, R, S2, R2
+
+
+# Lengths and chunk counts change with every input size: compiling a variant per value (Triton
+# specialises integers equal to 1 or divisible by 16) would only add compile time.
+_kernel = triton.jit(do_not_specialize=["T", "n_chunks"])
 
 
 @triton.jit
@@ -81,14 +90,14 @@ def _scan_step(lam, x, y, x2, y2, dx, dy):
     return lam * x + dx, lam * y + dy, lam * (x2 + x), lam * (y2 + y)
 
 
-@triton.jit
+@_kernel
 def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
-                 CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+                 CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr):
     n, j, cols, cmask = _program(C, BLOCK_C)
     length = tl.load(len_ptr + n)
     best = tl.full([BLOCK_C], float("-inf"), tl.float32)
     centre = tl.zeros([BLOCK_C], tl.float32)
-    for i in range(CHUNK):
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):
         t = j * CHUNK + i
         live = cmask & (t < length)
         kk = tl.load(k_ptr + (n * T + t) * C + cols, mask=live, other=float("-inf")).to(tl.float32)
@@ -101,16 +110,16 @@ def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
     tl.store(centre_ptr + out, centre, mask=cmask)
 
 
-@triton.jit
+@_kernel
 def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, local_ptr, T, C, n_chunks,
-                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr):
     n, j, cols, cmask = _program(C, BLOCK_C)
     length, lam, _, m, ctr = _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask)
     pa = tl.zeros([BLOCK_C], tl.float32)
     pd = tl.zeros([BLOCK_C], tl.float32)
     sa = tl.zeros([BLOCK_C], tl.float32)
     sd = tl.zeros([BLOCK_C], tl.float32)
-    for i in range(CHUNK):
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):
         t = j * CHUNK + i  # prefix, forwards; steps past the length neither add nor decay
         live = cmask & (t < length)
         e, vc = _keys_values(k_ptr, v_ptr, (n * T + t) * C + cols, live, m, ctr)
@@ -128,23 +137,29 @@ def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, 
     tl.store(local_ptr + out + 3 * C, sd, mask=cmask)
 
 
-@triton.jit
-def _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chunks, first, parts,
-                PAIRS: tl.constexpr, REVERSE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """One direction of the fp64 carry scan, over the parts first, first + 1 (and, for
-    PAIRS = 2, the distance-weighted first + 2, first + 3: x2 <- lam^n (x2 + n x) + local x2)."""
+@_kernel
+def _carry_kernel(local_ptr, carry_ptr, w_ptr, len_ptr, C, n_chunks,
+                  PAIRS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """fp64 scan over the chunk sums: the prefix states at every chunk start (program axis 2 = 0)
+    and the suffix states at every chunk end (= 1), one direction per program so that the two
+    sequential scans run side by side. PAIRS = 1: (num, den); PAIRS = 2: (P, Q, P2, Q2), backward."""
+    n, reverse, cols, cmask = _program(C, BLOCK_C)
+    length = tl.load(len_ptr + n)
+    w_scaled = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float64) / tl.maximum(length, 1).to(tl.float64)
+    parts = 4 * PAIRS
+    first = reverse * 2 * PAIRS
     a = tl.zeros([BLOCK_C], tl.float64)
     b = tl.zeros([BLOCK_C], tl.float64)
     a2 = tl.zeros([BLOCK_C], tl.float64)
     b2 = tl.zeros([BLOCK_C], tl.float64)
     for jj in range(n_chunks):
-        j = n_chunks - 1 - jj if REVERSE else jj
+        j = jj + reverse * (n_chunks - 1 - 2 * jj)  # forwards, or backwards for the suffix
         base = (n * n_chunks + j) * parts * C + first * C + cols
         tl.store(carry_ptr + base, a.to(tl.float32), mask=cmask)
         tl.store(carry_ptr + base + C, b.to(tl.float32), mask=cmask)
         steps = tl.minimum(tl.maximum(length - j * CHUNK, 0), CHUNK).to(tl.float64)
         decay = tl.exp(-w_scaled * steps)
-        if PAIRS == 2:
+        if PAIRS == 2:  # distance-weighted pair: x2 <- lam^n (x2 + n x) + local x2
             tl.store(carry_ptr + base + 2 * C, a2.to(tl.float32), mask=cmask)
             tl.store(carry_ptr + base + 3 * C, b2.to(tl.float32), mask=cmask)
             a2 = decay * (a2 + steps * a) + tl.load(local_ptr + base + 2 * C, mask=cmask, other=0.0).to(tl.float64)
@@ -153,29 +168,15 @@ def _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chu
         b = decay * b + tl.load(local_ptr + base + C, mask=cmask, other=0.0).to(tl.float64)
 
 
-@triton.jit
-def _carry_kernel(local_ptr, carry_ptr, w_ptr, len_ptr, C, n_chunks,
-                  PAIRS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """fp64 scan over the chunk sums: the prefix states at every chunk start and the suffix
-    states at every chunk end. PAIRS = 1: (num, den); PAIRS = 2: (P, Q, P2, Q2), backward."""
-    n, _, cols, cmask = _program(C, BLOCK_C)
-    length = tl.load(len_ptr + n)
-    w_scaled = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float64) / tl.maximum(length, 1).to(tl.float64)
-    _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chunks, 0, 4 * PAIRS,
-                PAIRS=PAIRS, REVERSE=False, CHUNK=CHUNK, BLOCK_C=BLOCK_C)
-    _carry_pass(local_ptr, carry_ptr, n, cols, cmask, length, w_scaled, C, n_chunks, 2 * PAIRS, 4 * PAIRS,
-                PAIRS=PAIRS, REVERSE=True, CHUNK=CHUNK, BLOCK_C=BLOCK_C)
-
-
-@triton.jit
+@_kernel
 def _fwd_out_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, carry_ptr,
-                    y_ptr, yc_ptr, den_ptr, T, C, n_chunks, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+                    y_ptr, yc_ptr, den_ptr, T, C, n_chunks, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr):
     n, j, cols, cmask = _program(C, BLOCK_C)
     length, lam, bonus, m, ctr = _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask)
     base = (n * n_chunks + j) * 4 * C + cols
     pa = tl.load(carry_ptr + base, mask=cmask, other=0.0)
     pd = tl.load(carry_ptr + base + C, mask=cmask, other=0.0)
-    for i in range(CHUNK):  # prefix states, parked in yc and den
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):  # prefix states, parked in yc and den
         t = j * CHUNK + i
         live = cmask & (t < length)
         at = (n * T + t) * C + cols
@@ -187,7 +188,7 @@ def _fwd_out_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, ca
         pd = step * pd + e
     sa = tl.load(carry_ptr + base + 2 * C, mask=cmask, other=0.0)
     sd = tl.load(carry_ptr + base + 3 * C, mask=cmask, other=0.0)
-    for i in range(CHUNK):  # suffix states and the outputs
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):  # suffix states and the outputs
         t = j * CHUNK + CHUNK - 1 - i
         live = cmask & (t < length)
         at = (n * T + t) * C + cols
@@ -203,9 +204,9 @@ def _fwd_out_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, ca
         sd = lam * sd + e
 
 
-@triton.jit
+@_kernel
 def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, u_ptr, len_ptr, local_ptr, T, C, n_chunks,
-                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+                      CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr):
     n, j, cols, cmask = _program(C, BLOCK_C)
     length = tl.load(len_ptr + n)
     lam, _ = _decay_bonus(w_ptr, u_ptr, cols, cmask, length)
@@ -217,7 +218,7 @@ def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, u_ptr, len_ptr, local_ptr, 
     rr = tl.zeros([BLOCK_C], tl.float32)
     ss2 = tl.zeros([BLOCK_C], tl.float32)
     rr2 = tl.zeros([BLOCK_C], tl.float32)
-    for i in range(CHUNK):
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):
         t = j * CHUNK + i  # prefix, forwards
         live = cmask & (t < length)
         p, q = _p_q(g_ptr, den_ptr, yc_ptr, (n * T + t) * C + cols, live)
@@ -237,10 +238,10 @@ def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, u_ptr, len_ptr, local_ptr, 
     tl.store(local_ptr + out + 7 * C, rr2, mask=cmask)
 
 
-@triton.jit
+@_kernel
 def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr, max_ptr, centre_ptr,
                     carry_ptr, gk_ptr, gv_ptr, part_ptr, T, C, n_chunks,
-                    CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+                    CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr):
     n, j, cols, cmask = _program(C, BLOCK_C)
     length, lam, bonus, m, ctr = _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask)
     base = (n * n_chunks + j) * 8 * C + cols
@@ -250,7 +251,7 @@ def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr,
     qq2 = tl.load(carry_ptr + base + 3 * C, mask=cmask, other=0.0)
     acc_w = tl.zeros([BLOCK_C], tl.float32)
     acc_u = tl.zeros([BLOCK_C], tl.float32)
-    for i in range(CHUNK):  # prefix states: P, Q parked in grad v, grad k; prefix part of grad w
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):  # prefix states: P, Q parked in grad v, grad k; prefix part of grad w
         t = j * CHUNK + i
         live = cmask & (t < length)
         at = (n * T + t) * C + cols
@@ -265,7 +266,7 @@ def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr,
     rr = tl.load(carry_ptr + base + 5 * C, mask=cmask, other=0.0)
     ss2 = tl.load(carry_ptr + base + 6 * C, mask=cmask, other=0.0)
     rr2 = tl.load(carry_ptr + base + 7 * C, mask=cmask, other=0.0)
-    for i in range(CHUNK):  # suffix states and the gradients
+    for i in tl.range(CHUNK, loop_unroll_factor=UNROLL):  # suffix states and the gradients
         t = j * CHUNK + CHUNK - 1 - i
         live = cmask & (t < length)
         at = (n * T + t) * C + cols
@@ -284,8 +285,26 @@ def _bwd_out_kernel(g_ptr, k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, yc_ptr, den_ptr,
     tl.store(part_ptr + out + C, acc_u, mask=cmask)
 
 
-def _block_c(chans):
-    return max(16, min(64, triton.next_power_of_2(chans)))
+@dataclass(frozen=True)
+class Launch:
+    """How the kernels spread over the GPU; the result does not depend on it (up to rounding)."""
+    chunk: int      # steps per chunk: T / chunk steps stay sequential, in the carry scan
+    block_c: int    # channels per program: one contiguous load of this many per step
+    num_warps: int
+    unroll: int     # unroll factor of the step loops, so loads of later steps issue early
+
+    def meta(self):
+        return dict(CHUNK=self.chunk, BLOCK_C=self.block_c, num_warps=self.num_warps)
+
+
+def launch(t_max, chans, chunk=None, block_c=None, num_warps=None, unroll=None) -> Launch:
+    """The default launch for (T, C); any field may be given (tests, the benchmark's sweep).
+    Chunks grow with T so that at most MAX_CHUNKS of them are scanned one after the other."""
+    if chunk is None:
+        longest = max(CHUNK, triton.next_power_of_2(triton.cdiv(max(t_max, 1), MAX_CHUNKS)))
+        chunk = min(longest, triton.next_power_of_2(max(t_max, 1)))
+    block_c = block_c or max(16, min(64, triton.next_power_of_2(chans)))
+    return Launch(chunk, block_c, num_warps or max(1, block_c // 64), unroll or UNROLL)
 
 
 def _lengths(lengths, n_seq, t_max, device):
@@ -294,28 +313,24 @@ def _lengths(lengths, n_seq, t_max, device):
     return lengths.to(device=device, dtype=torch.int32).contiguous()
 
 
-def _keys(k, v, lengths, n_chunks, grid, block_c, chunk):
+def _keys(k, v, lengths, n_chunks, grid, cfg):
     """Key max over the real tokens and v there (the first such token), float32 (N, C)."""
     n_seq, t_max, chans = k.shape
     chunk_max = torch.empty((n_seq, n_chunks, chans), dtype=torch.float32, device=k.device)
     chunk_centre = torch.empty_like(chunk_max)
-    _keys_kernel[grid](k, v, lengths, chunk_max, chunk_centre, t_max, chans, n_chunks,
-                       CHUNK=chunk, BLOCK_C=block_c)
+    _keys_kernel[grid](k, v, lengths, chunk_max, chunk_centre, t_max, chans, n_chunks, UNROLL=cfg.unroll,
+                       **cfg.meta())
     k_max, at = chunk_max.max(1, keepdim=True)
     centre = chunk_centre.gather(1, at).squeeze(1)
     k_max = k_max.squeeze(1)
     return torch.where(torch.isfinite(k_max), k_max, torch.zeros_like(k_max)), centre
 
 
-def _chunk(t_max, chunk):
-    return chunk or min(CHUNK, triton.next_power_of_2(max(t_max, 1)))
-
-
-def forward(k, v, w, u, lengths, chunk=None):
+def forward(k, v, w, u, lengths, cfg=None):
     """(y, y - centre, den, key max, centre), float32, as kernels/cpu_ext.py returns them.
 
-    chunk: steps per chunk, None for the default (tests use small ones to cover the carries
-    at small T)."""
+    cfg: a Launch, None for `launch(T, C)` (tests use small chunks to cover the carries at
+    small T)."""
     k, v, w, u = (x.contiguous() for x in (k, v, w, u))
     n_seq, t_max, chans = k.shape
     f32 = dict(dtype=torch.float32, device=k.device)
@@ -324,42 +339,43 @@ def forward(k, v, w, u, lengths, chunk=None):
         zeros = torch.zeros((n_seq, chans), **f32)
         return y, yc, den, zeros, zeros.clone()
     lengths = _lengths(lengths, n_seq, t_max, k.device)
-    chunk = _chunk(t_max, chunk)
-    n_chunks = triton.cdiv(t_max, chunk)
-    block_c = _block_c(chans)
-    grid = (n_seq, triton.cdiv(chans, block_c), n_chunks)
-    k_max, centre = _keys(k, v, lengths, n_chunks, grid, block_c, chunk)
+    cfg = cfg or launch(t_max, chans)
+    n_chunks = triton.cdiv(t_max, cfg.chunk)
+    grid = (n_seq, triton.cdiv(chans, cfg.block_c), n_chunks)
+    k_max, centre = _keys(k, v, lengths, n_chunks, grid, cfg)
     local = torch.empty((n_seq, n_chunks, _PARTS_FWD, chans), **f32)
     carry = torch.empty_like(local)
-    meta = dict(CHUNK=chunk, BLOCK_C=block_c)
-    _fwd_local_kernel[grid](k, v, w, u, lengths, k_max, centre, local, t_max, chans, n_chunks, **meta)
-    _carry_kernel[grid[:2]](local, carry, w, lengths, chans, n_chunks, PAIRS=1, **meta)
+    meta, unroll = cfg.meta(), dict(UNROLL=cfg.unroll)
+    _fwd_local_kernel[grid](k, v, w, u, lengths, k_max, centre, local, t_max, chans, n_chunks, **unroll, **meta)
+    _carry_kernel[(*grid[:2], 2)](local, carry, w, lengths, chans, n_chunks, PAIRS=1, **meta)
     _fwd_out_kernel[grid](k, v, w, u, lengths, k_max, centre, carry, y, yc, den, t_max, chans,
-                          n_chunks, **meta)
+                          n_chunks, **unroll, **meta)
     return y, yc, den, k_max, centre
 
 
-def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, chunk=None):
-    """Float32 gradients for k, v, w, u."""
+def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, cfg=None):
+    """Float32 gradients for k, v, w, u (cfg: as for `forward`)."""
     grad_y, k, v, w, u = (x.contiguous() for x in (grad_y, k, v, w, u))
+    # the op hands back the forward's saved states in the inputs' compute dtype (float64 for
+    # float64 inputs); the kernels read them as the fp32 they were computed in
+    yc, den, k_max, centre = (x.to(torch.float32).contiguous() for x in (yc, den, k_max, centre))
     n_seq, t_max, chans = k.shape
     f32 = dict(dtype=torch.float32, device=k.device)
     grad_k, grad_v = torch.empty((n_seq, t_max, chans), **f32), torch.empty((n_seq, t_max, chans), **f32)
     if k.numel() == 0:
         return grad_k, grad_v, torch.zeros((chans,), **f32), torch.zeros((chans,), **f32)
     lengths = _lengths(lengths, n_seq, t_max, k.device)
-    chunk = _chunk(t_max, chunk)
-    n_chunks = triton.cdiv(t_max, chunk)
-    block_c = _block_c(chans)
-    grid = (n_seq, triton.cdiv(chans, block_c), n_chunks)
-    meta = dict(CHUNK=chunk, BLOCK_C=block_c)
+    cfg = cfg or launch(t_max, chans)
+    n_chunks = triton.cdiv(t_max, cfg.chunk)
+    grid = (n_seq, triton.cdiv(chans, cfg.block_c), n_chunks)
+    meta, unroll = cfg.meta(), dict(UNROLL=cfg.unroll)
     local = torch.empty((n_seq, n_chunks, _PARTS_BWD, chans), **f32)
     carry = torch.empty_like(local)
     parts = torch.empty((n_seq, n_chunks, 2, chans), **f32)
-    _bwd_local_kernel[grid](grad_y, yc, den, w, u, lengths, local, t_max, chans, n_chunks, **meta)
-    _carry_kernel[grid[:2]](local, carry, w, lengths, chans, n_chunks, PAIRS=2, **meta)
+    _bwd_local_kernel[grid](grad_y, yc, den, w, u, lengths, local, t_max, chans, n_chunks, **unroll, **meta)
+    _carry_kernel[(*grid[:2], 2)](local, carry, w, lengths, chans, n_chunks, PAIRS=2, **meta)
     _bwd_out_kernel[grid](grad_y, k, v, w, u, lengths, yc, den, k_max, centre, carry, grad_k, grad_v,
-                          parts, t_max, chans, n_chunks, **meta)
+                          parts, t_max, chans, n_chunks, **unroll, **meta)
     # chain rule through w' = w / L and u' = u / L, summed over the sequences in float64
     per_seq = parts.to(torch.float64).sum(1) / lengths.clamp(min=1).to(torch.float64)[:, None, None]
     bonus = torch.exp(u.to(torch.float64)[None, :] / lengths.clamp(min=1).to(torch.float64)[:, None])

@@ -79,6 +79,7 @@ def measure_network(
     flops: bool = True,
     memory: bool = True,
     timing: bool = True,
+    compile: bool = False,
     seed: int = 0,
 ) -> NetworkMeasurement:
     """Measure `network` for inputs of shape (batch_size, *input_shape).
@@ -88,6 +89,8 @@ def measure_network(
     steps / warmup: timed and untimed train steps for the median step time.
     amp: fp16 autocast as nnU-Net uses it; None = on for CUDA, off for CPU.
     flops / memory / timing: switch each measurement off to save time.
+    compile: measure `torch.compile(network)`, as nnU-Net trains on a GPU by default (FLOPs are
+        still counted on the eager network; one untimed step compiles it first).
     The network may return a tensor or a list/tuple of tensors (deep supervision).
     """
     input_shape = tuple(int(s) for s in input_shape)
@@ -107,6 +110,13 @@ def measure_network(
     x = torch.randn((batch_size, *input_shape), generator=gen).to(device)
     if flops:
         result.flops_forward, result.flops_train = _count_flops(network, x, amp)
+    if compile:
+        torch._dynamo.reset()  # compiled afresh, as in its own nnU-Net process (no dynamic-shape recompiles)
+        network = torch.compile(network)
+        _forward_backward(network, x, amp)
+        with torch.no_grad(), _autocast(x.device, amp):
+            network(x)  # the no-grad graph too (the timed steps draw their targets from it)
+        network.zero_grad(set_to_none=True)
     if memory:
         if device.type == "cuda":
             result.peak_memory_bytes, result.memory_method = _cuda_peak_memory(network, x, amp), "cuda_max_allocated"

@@ -108,7 +108,7 @@ def _measure(network, plan, args, flops=True):
     if free is not None and args.device == "cpu" and need > 0.8 * free:
         return None, f"skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
     m = measure_network(network, shape, plan["batch"], device=args.device, steps=args.steps, warmup=args.warmup,
-                        flops=flops, memory=not args.no_memory)
+                        flops=flops, memory=not args.no_memory, compile=args.compile)
     return m, None
 
 
@@ -246,18 +246,23 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both networks first (nnU-Net's default on a GPU)")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--params", action="store_true", help="only print the parameter table of all plans")
     args = parser.parse_args(argv)
     if args.params:
         parameter_table()
         return 0
+    if args.compile and not args.device.startswith("cuda"):
+        parser.error("--compile measures what nnU-Net does on a GPU (it never compiles on the CPU): use it with CUDA")
     if args.threads:
         torch.set_num_threads(args.threads)
     options = dict(_parse_option(o) for o in args.option)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{_cpu_name()}, {os.cpu_count()} cores"
     print(f"# RWKV-SSS vs PlainConvUNet — torch {torch.__version__}, device {args.device} ({device}), "
-          f"{torch.get_num_threads()} threads, options {options or 'defaults'}")
+          f"{torch.get_num_threads()} threads, options {options or 'defaults'}"
+          + (", both torch.compile'd" if args.compile else ", eager"))
     report = {"options": options, "plans": {}, "sweeps": {}}
     plans = {"plans-file": plans_from_file(args.plans_file, args.configuration)} if args.plans_file else \
         {name: PLANS[name] for name in args.plans}

@@ -139,21 +139,59 @@ def linearity(times, n, c):
                   f"x{growth['step']:.1f} (the elementwise floor: x{growth['floor']:.1f})")
 
 
+# Datasheet memory bandwidth (bytes/s) by card name, where torch does not report the memory clock.
+DATASHEET_BANDWIDTH = {"H200": 4.8e12, "H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "A100-SXM4-80GB": 2.04e12}
+
+
 def peak_bandwidth(props):
-    """Bytes/s of the card's memory (double data rate), or None where torch does not say."""
+    """(bytes/s, source) of the card's memory: from its clock and bus width (double data rate)
+    where torch reports them, else from DATASHEET_BANDWIDTH; (None, "unknown") otherwise."""
     clock_khz = getattr(props, "memory_clock_rate", 0)
     bus_bits = getattr(props, "memory_bus_width", 0)
-    return 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
+    if clock_khz and bus_bits:
+        return 2 * clock_khz * 1e3 * bus_bits / 8, "memory clock x bus width"
+    for name, peak in DATASHEET_BANDWIDTH.items():
+        if name in props.name:
+            return peak, "datasheet"
+    return None, "unknown"
 
 
-def gpu_rows(n, t, c, repeats):
-    device = torch.device("cuda")
-    props = torch.cuda.get_device_properties(device)
-    peak = peak_bandwidth(props)
-    print(f"\nGPU: {props.name}, peak memory bandwidth "
-          + (f"{peak / 1e9:.0f} GB/s" if peak else "unknown"))
+def copy_bandwidth(device, n_bytes=2 << 30, repeats=5):
+    """Bytes/s of a device-to-device copy (read + write counted): what the card delivers here."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    sec = _best_times({"copy": lambda: dst.copy_(src)}, repeats, device)["copy"]
+    return 2 * n_bytes / sec
+
+
+def _launch_step(k, v, w, u, grad_y, cfg):
+    """Forward + backward of the Triton kernels with one launch configuration (no autograd)."""
+    from nnunet_sss.kernels import triton_wkv
+
+    def step():
+        out = triton_wkv.forward(k, v, w, u, None, cfg)
+        return (out[0], *triton_wkv.backward(grad_y, k, v, w, u, None, *out[1:], cfg))
+
+    return step
+
+
+def gpu_rows(n, t, c, repeats, configs=(), device="cuda"):
+    """Triton against the PyTorch path on the GPU; then each launch configuration in `configs`
+    ("chunk,block_c,num_warps,unroll") timed and checked against the default one. (device="cpu"
+    under TRITON_INTERPRET=1 runs the same code on small sizes, to test this function.)"""
+    from nnunet_sss.kernels import triton_wkv
+
+    device = torch.device(device)
+    props = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+    peak, source = peak_bandwidth(props) if props else (None, "unknown")
+    copy = copy_bandwidth(device, n_bytes=(2 << 30) if props else (1 << 20))
+    print(f"\nGPU: {props.name if props else device}, torch {torch.__version__}, triton {triton_version()}; peak memory bandwidth "
+          + (f"{peak / 1e9:.0f} GB/s ({source})" if peak else "unknown")
+          + f"; device-to-device copy here: {copy / 1e9:.0f} GB/s")
     k, v, w, u, grad_y = _inputs(n, t, c, device)
     elems = n * t * c
+    default = triton_wkv.launch(t, c)
+    print(f"default launch for T={t}, C={c}: {default}")
     fns = {"triton fwd": lambda: bi_wkv(k, v, w, u, backend="triton"),
            "triton f+b": _step_fn(k, v, w, u, grad_y, "triton"),
            "torch f+b": _step_fn(k, v, w, u, grad_y, "torch"),
@@ -164,6 +202,40 @@ def gpu_rows(n, t, c, repeats):
         share = f", {moved / sec / peak:.0%} of peak" if peak else ""
         print(f"N={n} T={t} C={c} {name:>10}: {sec * 1e3:9.2f} ms, {moved / sec / 1e9:8.1f} GB/s{share}")
     print(f"Triton forward+backward is {res['torch f+b'] / res['triton f+b']:.1f}x faster than the PyTorch path")
+    if configs:
+        print("Triton (fp32) against the PyTorch path (float64), max error / max |value|: "
+              + ", ".join(f"{name} {err:.1e}" for name, err in _errors_against_torch(k, v, w, u, grad_y).items()))
+        print("\nlaunch configurations (forward+backward; error: max relative error against the default's results)")
+        reference = _launch_step(k, v, w, u, grad_y, default)()
+        for text in configs:
+            chunk, block_c, num_warps, unroll = (int(x) for x in text.split(","))
+            cfg = triton_wkv.Launch(chunk, block_c, num_warps, unroll)
+            step = _launch_step(k, v, w, u, grad_y, cfg)
+            err = max(((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+                      for a, b in zip(step(), reference))
+            sec = _best_times({"step": step}, repeats, device)["step"]
+            share = f", {STEP_BYTES * elems / sec / peak:.0%} of peak" if peak else ""
+            print(f"{cfg}: {sec * 1e3:8.2f} ms, {STEP_BYTES * elems / sec / 1e9:7.1f} GB/s{share}, error {err:.1e}",
+                  flush=True)
+
+
+def _errors_against_torch(k, v, w, u, grad_y):
+    results = []
+    for backend in ("triton", "torch"):
+        leaves = [x.detach().clone().requires_grad_() for x in (k, v, w, u)]
+        y = bi_wkv(*leaves, backend=backend)
+        results.append([y.detach(), *torch.autograd.grad(y, leaves, grad_y)])
+        del y, leaves
+    return {name: ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+            for name, a, b in zip(("y", "grad k", "grad v", "grad w", "grad u"), *results)}
+
+
+def triton_version():
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return "missing"
 
 
 def main(argv=None):
@@ -176,18 +248,24 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-limit", type=float, default=6e8,
                         help="run the O(T^2) reference where N*C*T^2 is at most this")
-    parser.add_argument("--gpu-shape", default="8x65536x256")
+    parser.add_argument("--gpu-shape", nargs="+", default=["8x65536x256"],
+                        help="N x T x C shapes for the GPU rows (the launch sweep uses the first)")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU rows")
+    parser.add_argument("--gpu-configs", nargs="*", default=[], metavar="CHUNK,BLOCK_C,NUM_WARPS,UNROLL",
+                        help="Triton launch configurations to time and check against the default")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = [(args.n, t, args.c) for t in args.lengths]
-    shapes += [tuple(int(x) for x in s.split("x")) for s in args.network_shapes]
-    times = cpu_rows(shapes, args.repeats, args.reference_limit, with_torch_chain=True)
-    linearity(times, args.n, args.c)
+    if not args.gpu_only:
+        shapes = [(args.n, t, args.c) for t in args.lengths]
+        shapes += [tuple(int(x) for x in s.split("x")) for s in args.network_shapes]
+        times = cpu_rows(shapes, args.repeats, args.reference_limit, with_torch_chain=True)
+        linearity(times, args.n, args.c)
     if torch.cuda.is_available():
-        gpu_rows(*(int(x) for x in args.gpu_shape.split("x")), args.repeats)
+        for i, shape in enumerate(args.gpu_shape):
+            gpu_rows(*(int(x) for x in shape.split("x")), args.repeats, args.gpu_configs if i == 0 else ())
     else:
         print("\nNo CUDA GPU here: the Triton figures are not measured in this run.")
 

@@ -18,6 +18,10 @@ its piece in the fewest passes and keeps only what its backward needs:
 
 Under autocast the backward replays the forward's autocast state, so matmuls keep their
 dtype (fp16 on CUDA) while gradients are returned in each input's dtype.
+
+Under torch.compile each function is its plain-autograd reference instead (`_traced`): inductor
+fuses and recomputes by itself, and the hand-written backwards' in-place writes into fresh
+buffers do not functionalise in every torch version (2.11 on CUDA fails the training graph).
 """
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ def _amp_state(t: Tensor):
 def _replay(state):
     device, enabled, dtype = state
     return torch.autocast(device, dtype=dtype, enabled=enabled)
+
+
+def _traced() -> bool:
+    return torch.compiler.is_compiling()
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -130,7 +138,7 @@ def shift_mix_project(z: Tensor, starts, pool: Tuple[int, ...], full=(), low=())
     `pool`. Returns the projections in that order."""
     params = [t for pair in (*full, *low) for t in pair]
     starts = tuple(tuple(a) for a in starts)
-    if any(s % p for s, p in zip(z.shape[1:-1], pool)):
+    if _traced() or any(s % p for s, p in zip(z.shape[1:-1], pool)):
         return shift_mix_project_reference(z, starts, tuple(pool), len(full), *params)
     return _ShiftMixProject.apply(z, starts, tuple(pool), len(full), *params)
 
@@ -173,7 +181,7 @@ class _GateProject(torch.autograd.Function):
 
 def gate_project(r: Tensor, y: Tensor, w_o: Tensor, pool: Tuple[int, ...]) -> Tensor:
     """(sigmoid(r) * y repeated over the pool's cells) W_o^T; y is r's map pooled by `pool`."""
-    if any(s % p for s, p in zip(r.shape[1:-1], pool)):
+    if _traced() or any(s % p for s, p in zip(r.shape[1:-1], pool)):
         return gate_project_reference(r, y, w_o, pool)
     return _GateProject.apply(r, y, w_o, tuple(pool))
 
@@ -208,4 +216,6 @@ class _SquaredReLUGate(torch.autograd.Function):
 
 def squared_relu_gate(k: Tensor, r: Tensor, w_v: Tensor) -> Tensor:
     """sigmoid(r') * (relu(k)^2 W_v^T)."""
+    if _traced():
+        return squared_relu_gate_reference(k, r, w_v)
     return _SquaredReLUGate.apply(k, r, w_v)

@@ -6,7 +6,8 @@ stay in place. A token whose neighbour lies in another window (or outside the ma
 so nothing crosses a partition border. Windows are those of scan.partition (balanced), given to
 the shift as the first token of each window per axis. Implemented with slice copies and zero
 fills at the window borders (no window partition); the backward is the same shift in the opposite
-directions (its adjoint), so autograd keeps no copy of the map.
+directions (its adjoint), so autograd keeps no copy of the map. Under torch.compile the same shift
+is written out of place (`_shift_out_of_place`), which inductor fuses.
 
 `shift_concat` returns [x | shift(x)] in one (B, *S, 2C) tensor: the mixes' projections then
 read both halves in one matmul with the mix coefficients folded into their weights, instead of
@@ -77,6 +78,33 @@ class _Shift(torch.autograd.Function):
         return out.add_(grad[..., :channels]), None, None
 
 
+def _shift_out_of_place(x: Tensor, starts: Tuple[Tuple[int, ...], ...], concat: bool) -> Tensor:
+    """The same shift built from slices, zero padding and border masks, without writing into a
+    buffer: what torch.compile traces (inductor fuses it into one kernel, and autograd's backward
+    of it is the adjoint shift). Some torch versions (2.11 on CUDA) fail to functionalise the
+    in-place slice writes of `_shift_into` inside the joint training graph."""
+    n_dims = x.dim() - 2
+    group = x.shape[-1] // (2 * n_dims)
+    parts = [x] if concat else []
+    for axis in range(n_dims):
+        dim, length = axis + 1, x.shape[axis + 1]
+        firsts = starts[axis]
+        lasts = tuple(a - 1 for a in firsts[1:]) + (length - 1,)
+        for direction in (0, 1):
+            src = x[..., (2 * axis + direction) * group:(2 * axis + direction + 1) * group]
+            zero = torch.zeros_like(src.narrow(dim, 0, 1))
+            if direction == 0:  # out[i] = x[i - 1]; 0 where i starts a window
+                moved, border = torch.cat([zero, src.narrow(dim, 0, length - 1)], dim), firsts
+            else:  # out[i] = x[i + 1]; 0 where i ends a window
+                moved, border = torch.cat([src.narrow(dim, 1, length - 1), zero], dim), lasts
+            keep = [0.0 if i in border else 1.0 for i in range(length)]
+            shape = [1] * x.dim()
+            shape[dim] = length
+            parts.append(moved * torch.tensor(keep, dtype=x.dtype, device=x.device).view(shape))
+    parts.append(x[..., 2 * n_dims * group:])
+    return torch.cat(parts, -1)
+
+
 def shift_starts(size: Sequence[int], window: Optional[Sequence[Optional[int]]] = None,
                  pool: Optional[Sequence[int]] = None) -> Tuple[Tuple[int, ...], ...]:
     """First token of each window per axis of a map of `size`, for the windows (at most `window`
@@ -104,9 +132,13 @@ def _check(x: Tensor, starts) -> Tuple[Tuple[int, ...], ...]:
 def window_shift(x: Tensor, starts: Sequence[Sequence[int]]) -> Tensor:
     """Shift channel groups of channels-last `x` (B, *S, C) by one token inside the windows
     that begin at `starts` (per axis; see shift_starts)."""
+    if torch.compiler.is_compiling():
+        return _shift_out_of_place(x, _check(x, starts), False)
     return _Shift.apply(x, _check(x, starts), False)
 
 
 def shift_concat(x: Tensor, starts: Sequence[Sequence[int]]) -> Tensor:
     """[x | window_shift(x, starts)] as one (B, *S, 2C) tensor."""
+    if torch.compiler.is_compiling():
+        return _shift_out_of_place(x, _check(x, starts), True)
     return _Shift.apply(x, _check(x, starts), True)

@@ -71,11 +71,13 @@ class _TinyWKV(torch.nn.Module):
         return bi_wkv(k, v, self.decay, self.bonus, lengths=lengths)
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    """fullgraph=True turns any graph break into an error; inductor on the CPU."""
-    model = _TinyWKV(6)
-    k, v, _, _, grad_y = random_inputs(3, 11, 6, seed=8)
-    lengths = torch.tensor([11, 4, 0])
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_torch_compile_fullgraph_matches_eager(device):
+    """fullgraph=True turns any graph break into an error; inductor on the CPU (and on CUDA,
+    where the op dispatches to Triton, on a machine with a GPU)."""
+    model = _TinyWKV(6).to(device)
+    k, v, _, _, grad_y = (x.to(device) for x in random_inputs(3, 11, 6, seed=8))
+    lengths = torch.tensor([11, 4, 0], device=device)
     inputs = [x.clone().requires_grad_() for x in (k, v)]
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
     results = []

@@ -3,12 +3,11 @@ import pytest
 import torch
 
 from nnunet_sss.kernels import bi_wkv
-from wkv_testing import TOLERANCE, errors, max_rel_err, op_and_grads, random_inputs, reference_and_grads
+from wkv_testing import (BACKENDS, FP32_BACKENDS, TOLERANCE, device_of, errors, max_rel_err, op_and_grads,
+                         random_inputs, reference_and_grads)
 
-CPU_BACKENDS = ("torch", "cpp")
 
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("w_mode", ["+50", "-50", "uniform"])
 @pytest.mark.parametrize("t", [2, 7, 100])
 def test_extreme_keys_and_decay(t, w_mode, backend):
@@ -31,7 +30,7 @@ def test_extreme_keys_and_decay(t, w_mode, backend):
     assert max(errs.values()) <= 10 * TOLERANCE, errs
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_single_token_returns_v(backend):
     """T = 1: the only weight is the bonus term, so y = v whatever k, w, u are."""
     k, v, w, u, grad_y = random_inputs(4, 1, 5, seed=1, k_range=1000.0, w_range=50.0)
@@ -42,14 +41,15 @@ def test_single_token_returns_v(backend):
         assert g.abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 7, 3), (2, 0, 3), (2, 5, 0)])
 def test_empty_batch_shapes(shape, backend):
     """N = 0 (and empty T or C): the right shapes, zero gradients, no error."""
-    k = torch.randn(shape, requires_grad=True)
-    v = torch.randn(shape, requires_grad=True)
-    w = torch.randn(shape[2], requires_grad=True)
-    u = torch.randn(shape[2], requires_grad=True)
+    device, backend = device_of(backend)
+    k = torch.randn(shape, requires_grad=True, device=device)
+    v = torch.randn(shape, requires_grad=True, device=device)
+    w = torch.randn(shape[2], requires_grad=True, device=device)
+    u = torch.randn(shape[2], requires_grad=True, device=device)
     y = bi_wkv(k, v, w, u, backend=backend)
     assert y.shape == shape
     y.sum().backward()
@@ -57,14 +57,15 @@ def test_empty_batch_shapes(shape, backend):
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(u.grad, torch.zeros_like(u))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
     """Transposed, sliced and expanded views give the same result as contiguous copies."""
+    device = device_of(backend)[0]
     gen = torch.Generator().manual_seed(5)
-    k = torch.randn(6, 40, 9, generator=gen).transpose(0, 2)[:, ::2]  # (9, 20, 6), strided
-    v = torch.randn(9, 6, 20, generator=gen).transpose(1, 2)           # (9, 20, 6)
-    w = torch.randn(12, generator=gen)[::2]
-    u = torch.randn(1, generator=gen).expand(6)
+    k = torch.randn(6, 40, 9, generator=gen).to(device).transpose(0, 2)[:, ::2]  # (9, 20, 6), strided
+    v = torch.randn(9, 6, 20, generator=gen).to(device).transpose(1, 2)           # (9, 20, 6)
+    w = torch.randn(12, generator=gen).to(device)[::2]
+    u = torch.randn(1, generator=gen).to(device).expand(6)
     grad_y = torch.randn(9, 20, 6, generator=gen)
     assert not (k.is_contiguous() or v.is_contiguous() or w.is_contiguous() or u.is_contiguous())
     strided = op_and_grads(k, v, w, u, grad_y, backend=backend)
@@ -73,7 +74,7 @@ def test_non_contiguous_inputs(backend):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(dtype, backend):
     """fp16/bf16 in, fp32 inside, input dtype out: the result is the reference on the rounded
@@ -87,22 +88,24 @@ def test_half_precision_inputs(dtype, backend):
     assert max(errs.values()) <= 2 * resolution, errs
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_autocast_does_not_lower_the_scan(backend):
-    """Under CPU autocast to bf16 the operator still runs in fp32 on fp32 inputs."""
-    k, v, w, u, _ = random_inputs(2, 30, 8, seed=4, k_range=5.0)
+    """Under autocast (CPU: bf16, CUDA: fp16, as nnU-Net) the operator still runs in fp32 on fp32 inputs."""
+    device, backend = device_of(backend)
+    k, v, w, u, _ = (x.to(device) for x in random_inputs(2, 30, 8, seed=4, k_range=5.0))
     plain = bi_wkv(k, v, w, u, backend=backend)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16):
         under_autocast = bi_wkv(k, v, w, u, backend=backend)
     assert under_autocast.dtype == torch.float32
     assert torch.equal(plain, under_autocast)
 
 
-def test_backends_agree_on_long_sequences():
-    """T well past any chunk size (and w near 0, where the decay is slowest): the fused C++
-    scan keeps fp32 precision against the float64 op chain."""
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+def test_backends_agree_on_long_sequences(backend):
+    """T well past any chunk size (and w near 0, where the decay is slowest): the fused fp32
+    scans keep fp32 precision against the float64 op chain."""
     k, v, w, u, grad_y = random_inputs(2, 20000, 16, seed=11, k_range=3.0, w_range=0.5)
-    fused = op_and_grads(k, v, w, u, grad_y, backend="cpp")
+    fused = op_and_grads(k, v, w, u, grad_y, backend=backend)
     exact = op_and_grads(*(x.double() for x in (k, v, w, u, grad_y)), backend="torch")
     errs = {name: max_rel_err(a, b) for name, a, b in zip(("y", "k", "v", "w", "u"), fused, exact)}
     assert max(errs.values()) <= TOLERANCE, errs

@@ -1,4 +1,4 @@
-"""Every CPU backend against the float64 reference: outputs and all four gradients, in fp32.
+"""Every backend (CPU; CUDA too where there is a GPU) against the float64 reference: outputs and all four gradients, in fp32.
 
 Grid of the issue: T in {1, 2, 3, 7, 64, 257, 1000}, C in {1, 3, 32, 96}, N in {1, 5},
 w in [-8, 8], u in [-4, 4], k in [-20, 20]; max relative error (wkv_testing.max_rel_err)
@@ -8,12 +8,10 @@ import pytest
 import torch
 
 from nnunet_sss.kernels import bi_wkv
-from wkv_testing import TOLERANCE, cached_case, errors, op_and_grads
-
-CPU_BACKENDS = ("torch", "cpp")
+from wkv_testing import BACKENDS, TOLERANCE, cached_case, device_of, errors, op_and_grads
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n", [1, 5])
 @pytest.mark.parametrize("c", [1, 3, 32, 96])
 @pytest.mark.parametrize("t", [1, 2, 3, 7, 64, 257, 1000])
@@ -23,10 +21,11 @@ def test_matches_float64_reference(t, c, n, backend):
     assert max(errs.values()) <= TOLERANCE, errs
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_float64_gradcheck(backend):
     """Autograd against finite differences. 'torch' computes in float64, so the check is tight;
-    'cpp' computes in fp32, so finite differences are taken with fp32-sized steps and bounds."""
+    'cpp' and 'triton' compute in fp32, so finite differences take fp32-sized steps and bounds."""
+    device, name = device_of(backend)
     gen = torch.Generator().manual_seed(3)
     n, t, c = 3, 6, 4
     k = (torch.rand(n, t, c, generator=gen, dtype=torch.float64) * 4 - 2).requires_grad_()
@@ -34,11 +33,12 @@ def test_float64_gradcheck(backend):
     w = (torch.rand(c, generator=gen, dtype=torch.float64) * 4 - 2).requires_grad_()
     u = (torch.rand(c, generator=gen, dtype=torch.float64) * 2 - 1).requires_grad_()
     lengths = torch.tensor([6, 4, 1])
+    k, v, w, u = (x.detach().to(device).requires_grad_() for x in (k, v, w, u))
 
     def fn(k, v, w, u):
-        return bi_wkv(k, v, w, u, lengths=lengths, backend=backend)
+        return bi_wkv(k, v, w, u, lengths=lengths, backend=name)
 
-    if backend == "torch":
+    if name == "torch":
         assert torch.autograd.gradcheck(fn, (k, v, w, u))
     else:
         assert torch.autograd.gradcheck(fn, (k, v, w, u), eps=1e-3, atol=2e-3, rtol=2e-2)

@@ -3,9 +3,7 @@ import pytest
 import torch
 
 from nnunet_sss.kernels import bi_wkv
-from wkv_testing import TOLERANCE, errors, max_rel_err, op_and_grads, random_inputs, reference_and_grads
-
-CPU_BACKENDS = ("torch", "cpp")
+from wkv_testing import BACKENDS, TOLERANCE, errors, max_rel_err, op_and_grads, random_inputs, reference_and_grads
 T_MAX = 70
 LENGTHS = [T_MAX, 0, 1, 2, T_MAX - 1, 37, 16]
 
@@ -22,7 +20,7 @@ def _padded_batch(seed=21):
     return k, v, w, u, torch.where(pad, garbage, grad_y), lengths, pad
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_each_sequence_equals_itself_alone(backend):
     k, v, w, u, grad_y, lengths, pad = _padded_batch()
     y, grad_k, grad_v, grad_w, grad_u = op_and_grads(k, v, w, u, grad_y, lengths=lengths, backend=backend)
@@ -38,7 +36,7 @@ def test_each_sequence_equals_itself_alone(backend):
     assert max_rel_err(grad_u, alone_u) <= 1e-6
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_padding_gets_zero_output_and_zero_gradient(backend):
     k, v, w, u, grad_y, lengths, pad = _padded_batch()
     y, grad_k, grad_v, grad_w, grad_u = op_and_grads(k, v, w, u, grad_y, lengths=lengths, backend=backend)
@@ -48,7 +46,7 @@ def test_padding_gets_zero_output_and_zero_gradient(backend):
     assert torch.isfinite(grad_w).all() and torch.isfinite(grad_u).all()
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_padded_batch_matches_reference(backend):
     """The w/T, u/T scaling uses each sequence's own length."""
     k, v, w, u, grad_y = random_inputs(len(LENGTHS), T_MAX, 19, seed=22)

@@ -27,7 +27,8 @@ def interpreter_report():
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["one_chunk_default", "carries_and_lengths", "extreme", "registered_op"])
+@pytest.mark.parametrize("case", ["one_chunk_default", "carries_and_lengths", "extreme", "registered_op",
+                                  "registered_op_fp64"])
 def test_triton_matches_torch_path_fp32(interpreter_report, case):
     errs = dict(interpreter_report[case])
     if case == "registered_op":

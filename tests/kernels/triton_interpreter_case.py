@@ -29,8 +29,9 @@ CASES = [
 
 
 def kernel_results(k, v, w, u, grad_y, lengths, chunk):
-    out = triton_wkv.forward(k, v, w, u, lengths, chunk=chunk)
-    grads = triton_wkv.backward(grad_y, k, v, w, u, lengths, *out[1:], chunk=chunk)
+    cfg = triton_wkv.launch(k.shape[1], k.shape[2], chunk=chunk)
+    out = triton_wkv.forward(k, v, w, u, lengths, cfg)
+    grads = triton_wkv.backward(grad_y, k, v, w, u, lengths, *out[1:], cfg)
     return (out[0], *grads)
 
 
@@ -56,6 +57,10 @@ def main():
                                      op_and_grads(k, v, w, u, grad_y, lengths=lengths, backend="torch"))
     y = bi_wkv(k, v, w, u, lengths=lengths, backend="triton")
     report["registered_op"]["padding_is_zero"] = float(y[1, 2:].abs().max())
+    # float64 inputs: the op saves float64 states for the backward, which reads them as fp32
+    k, v, w, u, grad_y = random_inputs(2, 6, 3, seed=6, dtype=torch.float64)
+    report["registered_op_fp64"] = errors(op_and_grads(k, v, w, u, grad_y, lengths=lengths, backend="triton"),
+                                          op_and_grads(k, v, w, u, grad_y, lengths=lengths, backend="torch"))
     print(json.dumps(report))
 
 

@@ -5,6 +5,13 @@ import torch
 
 from nnunet_sss.kernels import bi_wkv, bi_wkv_reference
 
+# Backends under test: the CPU ones everywhere, and on a machine with a GPU the same tests again
+# for the CUDA ones ("device:backend"; inputs are made on the CPU, moved there, results moved back).
+CPU_BACKENDS = ("torch", "cpp")
+CUDA_BACKENDS = ("cuda:triton", "cuda:torch") if torch.cuda.is_available() else ()
+BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
+FP32_BACKENDS = tuple(b for b in BACKENDS if not b.endswith("torch"))  # compute in fp32 (not float64)
+
 TOLERANCE = 1e-4  # the issue's bound on the max relative error in fp32
 SCALE_FLOOR = 1e-10  # below this a reference tensor is zero up to its own float64 rounding
 
@@ -51,12 +58,24 @@ def reference_and_grads(k, v, w, u, grad_y, lengths=None):
     return (y.detach(), *grads)
 
 
+def device_of(backend):
+    """"cuda:triton" -> (cuda, "triton"); a plain backend name runs on the CPU."""
+    if backend is None:
+        return torch.device("cpu"), None
+    device, _, name = backend.rpartition(":")
+    return torch.device(device or "cpu"), name
+
+
 def op_and_grads(k, v, w, u, grad_y, lengths=None, backend=None):
-    """(y, grad k, grad v, grad w, grad u) of bi_wkv through autograd, in the inputs' dtypes."""
-    leaves = [x.detach().clone().requires_grad_() for x in (k, v, w, u)]
+    """(y, grad k, grad v, grad w, grad u) of bi_wkv through autograd, in the inputs' dtypes,
+    computed on the backend's device and returned on the CPU. Inputs already there (such as
+    non-contiguous views made on that device) are used as they are."""
+    device, backend = device_of(backend)
+    leaves = [x.detach().to(device).clone(memory_format=torch.preserve_format).requires_grad_()
+              for x in (k, v, w, u)]
     y = bi_wkv(*leaves, lengths=lengths, backend=backend)
-    grads = torch.autograd.grad(y, leaves, grad_y.to(y.dtype))
-    return (y.detach(), *grads)
+    grads = torch.autograd.grad(y, leaves, grad_y.to(device, y.dtype))
+    return tuple(x.detach().cpu() for x in (y, *grads))
 
 
 @functools.lru_cache(maxsize=None)

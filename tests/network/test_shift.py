@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nnunet_sss.network.scan import partition, window_starts
-from nnunet_sss.network.shift import shift_concat, shift_starts, window_shift
+from nnunet_sss.network.shift import _Shift, _check, _shift_out_of_place, shift_concat, shift_starts, window_shift
 
 
 def _crop(x, starts, sizes):
@@ -74,3 +74,17 @@ def test_global_shift_crosses_windows():
     torch.testing.assert_close(window_shift(x, shift_starts((8, 8))), window_shift(x, shift_starts((8, 8), (8, 8))))
     with pytest.raises(ValueError, match="window starts"):
         window_shift(x, ((0,),))
+
+
+@pytest.mark.parametrize("size,window,chans", [((5, 4), (2, 3), 10), ((3, 4, 5), (2, 2, 4), 13), ((1, 6), None, 4)])
+@pytest.mark.parametrize("concat", [False, True])
+def test_traced_shift_equals_the_in_place_one(size, window, chans, concat):
+    """What torch.compile traces (out of place) gives the eager shift's values and gradients."""
+    starts = _check(torch.empty(1, *size, chans), shift_starts(size, window))
+    x = torch.randn(2, *size, chans, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, *size, chans * (2 if concat else 1), dtype=torch.float64)
+    eager = _Shift.apply(x, starts, concat)
+    traced = _shift_out_of_place(x, starts, concat)
+    torch.testing.assert_close(traced, eager, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(traced, x, grad)[0], torch.autograd.grad(eager, x, grad)[0],
+                               rtol=0, atol=1e-15)

@@ -15,6 +15,7 @@ from nnunet_sss.network.block import RWKVLayer
 from network_cases import resolve_arch_kwargs, tiny_kwargs
 
 RWKVSSSUNet = nnunet_sss.RWKVSSSUNet
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # CUDA: Triton WKV, fp16 autocast
 
 ANISO_3D = dict(input_channels=2, n_stages=4, features_per_stage=[8, 16, 24, 32], conv_op=nn.Conv3d,
                 kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
@@ -45,14 +46,19 @@ def _ds_loss(outputs, target):
 
 
 def _learns(net, x, target, steps=6):
+    """On a GPU as nnU-Net trains there: fp16 autocast with a gradient scaler."""
     torch.manual_seed(0)
+    amp = x.device.type == "cuda"
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=amp)
     losses = []
     for _ in range(steps):
-        loss = _ds_loss(net(x), target)
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+            loss = _ds_loss(net(x), target)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.9 * losses[0], losses
@@ -86,12 +92,13 @@ def test_built_from_hippocampus_plans(hippocampus_plans, configuration):
     _learns(net, x, target)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kwargs,patch", [(ANISO_3D, (8, 16, 24)), (ANISO_2D, (12, 8))])
-def test_built_from_anisotropic_plans(kwargs, patch):
+def test_built_from_anisotropic_plans(kwargs, patch, device):
     net = _check_shapes_against_plain(kwargs, 2, patch, local_window=(2, 4, 4)[:len(patch)])
     x = torch.randn(2, kwargs["input_channels"], *patch)
     target = (x[:, 0] > 0.3).long() + (x[:, 1] > 0.8).long()
-    _learns(net, x, target)
+    _learns(net.to(device), x.to(device), target.to(device))
 
 
 def test_deep_supervision_switch_keeps_the_state_dict():
