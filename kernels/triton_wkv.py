@@ -5,12 +5,14 @@ The same chunked scan as the C++ kernel (kernels/csrc/bi_wkv.cpp), spread over t
     keys     grid (N, C blocks, chunks): per-chunk key max and the value there (the centre);
              torch reduces them over the chunks
     local    grid (N, C blocks, chunks): each chunk's scans started from zero, in fp32
-    carries  grid (N, C blocks): a short sequential scan over the chunk sums, in fp64, giving
-             the prefix state at every chunk start and the suffix state at every chunk end
+    carries  grid (N, C blocks, 2): a short sequential scan over the chunk sums, in fp64, giving
+             the prefix state at every chunk start and (second program) the suffix state at
+             every chunk end
     outputs  grid (N, C blocks, chunks): each chunk re-runs its scans from its carries and
              writes the outputs
 
-so long sequences are parallel over their chunks and only T / CHUNK steps are sequential.
+so long sequences are parallel over their chunks and only T / chunk steps are sequential
+(`launch` sizes the chunks and the programs).
 Inside a chunk the recurrences are plain fp32 loops over the steps (at most CHUNK roundings);
 every load is a contiguous run of BLOCK_C channels. Inputs are read in their own dtype and
 computed in fp32. Triton is imported here, and this module only when the backend is used.
