@@ -15,6 +15,7 @@ materialising one lerp per projection.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -23,11 +24,18 @@ from torch import Tensor
 from .scan import split_axis, window_starts
 
 
+@functools.lru_cache(maxsize=None)
+def _index(positions: Tuple[int, ...], device: torch.device) -> Tensor:
+    """The window borders as an index tensor, made once per device: a fresh one per call is a
+    host-to-device copy, which on CUDA makes the CPU wait for the GPU (~100 times a step)."""
+    return torch.tensor(positions, device=device)
+
+
 def _zero(t: Tensor, dim: int, positions: Tuple[int, ...]) -> None:
     if len(positions) == 1:
         t.narrow(dim, positions[0], 1).zero_()
     else:
-        t.index_fill_(dim, torch.tensor(positions, device=t.device), 0)
+        t.index_fill_(dim, _index(positions, t.device), 0)
 
 
 def _shift_into(x: Tensor, out: Tensor, starts: Tuple[Tuple[int, ...], ...], reverse: bool) -> None:
