@@ -255,3 +255,26 @@ def test_bad_input_gets_a_clear_error():
         RWKVSSSUNet(**tiny_kwargs(3, conv_op=nn.Conv1d))
     with pytest.raises(ValueError, match="hidden_ratio"):
         RWKVSSSUNet(**tiny_kwargs(3, hidden_ratio=0))
+
+
+def test_full_res_wkv_changes_nothing_without_blocks_on_the_pooled_stage():
+    """wkv_pool=(2,) pools stage 0 only: with rwkv_first_stage=1 (the protocol's setting) that
+    stage has no blocks, so the fullResWKV ablation (wkv_pool=(1,)) trains the same network."""
+    x = torch.randn(1, 1, 16, 16, 16)
+    outputs = []
+    for pool in ((2,), (1,)):
+        torch.manual_seed(0)
+        net = RWKVSSSUNet(**tiny_kwargs(3, rwkv_first_stage=1, wkv_pool=pool))
+        net.apply(net.initialize)
+        with torch.no_grad():
+            outputs.append(net(x))
+    for a, b in zip(*outputs):
+        assert torch.equal(a, b)
+    with_blocks = []  # where stage 0 has blocks, the pool does change the network
+    for pool in ((2,), (1,)):
+        torch.manual_seed(0)
+        net = RWKVSSSUNet(**tiny_kwargs(3, rwkv_first_stage=0, wkv_pool=pool))
+        net.apply(net.initialize)
+        with torch.no_grad():
+            with_blocks.append(net(x)[0])
+    assert not torch.equal(*with_blocks)
