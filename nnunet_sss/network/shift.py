@@ -38,9 +38,11 @@ def _zero(t: Tensor, dim: int, positions: Tuple[int, ...]) -> None:
         t.index_fill_(dim, _index(positions, t.device), 0)
 
 
-def _shift_into(x: Tensor, out: Tensor, starts: Tuple[Tuple[int, ...], ...], reverse: bool) -> None:
-    """Write the shift of `x` into `out` (same shape, may be a strided view); `starts` holds
-    the first token of each window per axis."""
+def _moves(x: Tensor, starts: Tuple[Tuple[int, ...], ...], reverse: bool):
+    """Each shifted channel group of channels-last `x`: (channels, dim, length, from_previous,
+    border). from_previous: out[i] = x[i - 1], 0 at the first token of each window (border);
+    else out[i] = x[i + 1], 0 at the last token of each window. `reverse` swaps the directions
+    (the adjoint, for the backward)."""
     n_dims = x.dim() - 2
     group = x.shape[-1] // (2 * n_dims)
     for axis in range(n_dims):
@@ -48,15 +50,27 @@ def _shift_into(x: Tensor, out: Tensor, starts: Tuple[Tuple[int, ...], ...], rev
         firsts = starts[axis]
         lasts = tuple(a - 1 for a in firsts[1:]) + (length - 1,)
         for direction in (0, 1):
+            from_previous = (direction == 0) != reverse
             channels = slice((2 * axis + direction) * group, (2 * axis + direction + 1) * group)
-            src, dst = x[..., channels], out[..., channels]
-            if (direction == 0) != reverse:  # dst[i] = src[i - 1]; 0 where i starts a window
-                dst.narrow(dim, 1, length - 1).copy_(src.narrow(dim, 0, length - 1))
-                _zero(dst, dim, firsts)
-            else:  # dst[i] = src[i + 1]; 0 where i ends a window
-                dst.narrow(dim, 0, length - 1).copy_(src.narrow(dim, 1, length - 1))
-                _zero(dst, dim, lasts)
-    rest = slice(2 * n_dims * group, None)
+            yield channels, dim, length, from_previous, firsts if from_previous else lasts
+
+
+def _unshifted(x: Tensor) -> slice:
+    """The channels left over after the 2 * D groups: they stay in place."""
+    return slice(2 * (x.dim() - 2) * (x.shape[-1] // (2 * (x.dim() - 2))), None)
+
+
+def _shift_into(x: Tensor, out: Tensor, starts: Tuple[Tuple[int, ...], ...], reverse: bool) -> None:
+    """Write the shift of `x` into `out` (same shape, may be a strided view); `starts` holds
+    the first token of each window per axis."""
+    for channels, dim, length, from_previous, border in _moves(x, starts, reverse):
+        src, dst = x[..., channels], out[..., channels]
+        if from_previous:
+            dst.narrow(dim, 1, length - 1).copy_(src.narrow(dim, 0, length - 1))
+        else:
+            dst.narrow(dim, 0, length - 1).copy_(src.narrow(dim, 1, length - 1))
+        _zero(dst, dim, border)
+    rest = _unshifted(x)
     out[..., rest] = x[..., rest]
 
 
@@ -91,25 +105,17 @@ def _shift_out_of_place(x: Tensor, starts: Tuple[Tuple[int, ...], ...], concat: 
     buffer: what torch.compile traces (inductor fuses it into one kernel, and autograd's backward
     of it is the adjoint shift). Some torch versions (2.11 on CUDA) fail to functionalise the
     in-place slice writes of `_shift_into` inside the joint training graph."""
-    n_dims = x.dim() - 2
-    group = x.shape[-1] // (2 * n_dims)
     parts = [x] if concat else []
-    for axis in range(n_dims):
-        dim, length = axis + 1, x.shape[axis + 1]
-        firsts = starts[axis]
-        lasts = tuple(a - 1 for a in firsts[1:]) + (length - 1,)
-        for direction in (0, 1):
-            src = x[..., (2 * axis + direction) * group:(2 * axis + direction + 1) * group]
-            zero = torch.zeros_like(src.narrow(dim, 0, 1))
-            if direction == 0:  # out[i] = x[i - 1]; 0 where i starts a window
-                moved, border = torch.cat([zero, src.narrow(dim, 0, length - 1)], dim), firsts
-            else:  # out[i] = x[i + 1]; 0 where i ends a window
-                moved, border = torch.cat([src.narrow(dim, 1, length - 1), zero], dim), lasts
-            keep = [0.0 if i in border else 1.0 for i in range(length)]
-            shape = [1] * x.dim()
-            shape[dim] = length
-            parts.append(moved * torch.tensor(keep, dtype=x.dtype, device=x.device).view(shape))
-    parts.append(x[..., 2 * n_dims * group:])
+    for channels, dim, length, from_previous, border in _moves(x, starts, reverse=False):
+        src = x[..., channels]
+        zero = torch.zeros_like(src.narrow(dim, 0, 1))
+        kept = src.narrow(dim, 0 if from_previous else 1, length - 1)
+        moved = torch.cat([zero, kept] if from_previous else [kept, zero], dim)
+        keep = [0.0 if i in border else 1.0 for i in range(length)]
+        shape = [1] * x.dim()
+        shape[dim] = length
+        parts.append(moved * torch.tensor(keep, dtype=x.dtype, device=x.device).view(shape))
+    parts.append(x[..., _unshifted(x)])
     return torch.cat(parts, -1)
 
 
