@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnunet_sss.kernels import bi_wkv, cpu_ext, op
-from wkv_testing import random_inputs
+from wkv_testing import DEVICES, random_inputs
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ class _TinyWKV(torch.nn.Module):
         return bi_wkv(k, v, self.decay, self.bonus, lengths=lengths)
 
 
-@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph_matches_eager(device):
     """fullgraph=True turns any graph break into an error; inductor on the CPU (and on CUDA,
     where the op dispatches to Triton, on a machine with a GPU)."""

@@ -8,7 +8,8 @@ from nnunet_sss.kernels import bi_wkv, bi_wkv_reference
 # Backends under test: the CPU ones everywhere, and on a machine with a GPU the same tests again
 # for the CUDA ones ("device:backend"; inputs are made on the CPU, moved there, results moved back).
 CPU_BACKENDS = ("torch", "cpp")
-CUDA_BACKENDS = ("cuda:triton", "cuda:torch") if torch.cuda.is_available() else ()
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+CUDA_BACKENDS = ("cuda:triton", "cuda:torch") if "cuda" in DEVICES else ()
 BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
 FP32_BACKENDS = tuple(b for b in BACKENDS if not b.endswith("torch"))  # compute in fp32 (not float64)
 
