@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -130,6 +131,30 @@ def measure_network(
         result.cpu_time_s = statistics.median(cpu_times)
         network.load_state_dict(saved)  # the timed SGD steps leave the caller's weights as they were
     return result
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(network: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> int:
+    """aten ops dispatched by one forward+backward (views included): in eager mode on a GPU each
+    non-view op is a kernel launch, so this is what bounds a small network's step there. One
+    untimed step first, so that cached set-up (scan plans) is not counted."""
+    x = torch.randn((batch_size, *input_shape))
+    _forward_backward(network, x, amp=False)
+    network.zero_grad(set_to_none=True)
+    counter = _OpCounter()
+    with counter:
+        _forward_backward(network, x, amp=False)
+    network.zero_grad(set_to_none=True)
+    return counter.ops
 
 
 def _outputs(out):

@@ -7,6 +7,7 @@ input size.
     python -m nnunet_sss.bench.network --plans-file nnUNetPlans.json --configuration 3d_fullres
     python -m nnunet_sss.bench.network --option 'rwkv_depths=[0,0,1,1]'   # any RWKVSSSUNet option
     python -m nnunet_sss.bench.network --params                           # parameter table only
+    python -m nnunet_sss.bench.network --count-ops --plans hippocampus3d  # ops per step (GPU launches)
 
 Every ratio compares two networks measured in the same run, one after the other, with
 `nnunet_sss.bench.measure.measure_network` (see there for how each figure is taken). A
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from nnunet_sss.bench.measure import measure_network
+from nnunet_sss.bench.measure import count_ops, measure_network
 from nnunet_sss.network.unet import RWKVSSSUNet
 
 GOALS = {"params": 0.8, "memory": 0.77, "time": 1.0}
@@ -250,9 +251,21 @@ def main(argv=None) -> int:
                         help="torch.compile both networks first (nnU-Net's default on a GPU)")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--params", action="store_true", help="only print the parameter table of all plans")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="only count the aten ops of one forward+backward (batch 1) of each plan's networks")
     args = parser.parse_args(argv)
     if args.params:
         parameter_table()
+        return 0
+    if args.count_ops:
+        options = dict(_parse_option(o) for o in args.option)
+        for name in args.plans:
+            plan = PLANS[name]
+            shape = (plan["kwargs"]["input_channels"], *plan["patch"])
+            base = count_ops(PlainConvUNet(**plan["kwargs"]), shape)
+            ours = count_ops(RWKVSSSUNet(**plan["kwargs"], **options), shape)
+            print(f"{name}: aten ops per forward+backward (batch 1): PlainConvUNet {base}, "
+                  f"RWKV-SSS {ours} ({ours / base:.1f}x), options {options or 'defaults'}")
         return 0
     if args.compile and not args.device.startswith("cuda"):
         parser.error("--compile measures what nnU-Net does on a GPU (it never compiles on the CPU): use it with CUDA")

@@ -3,7 +3,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from nnunet_sss import RWKVSSSUNet
-from nnunet_sss.bench.measure import measure_network
+from nnunet_sss.bench.measure import count_ops, measure_network
 
 from network_cases import tiny_kwargs
 
@@ -32,3 +32,13 @@ def test_measure_network_on_both_networks():
     wide = torch.nn.Conv2d(1, 64, 3, padding=1)
     peak = measure_network(wide, (1, 32, 32), 4, flops=False, timing=False).peak_memory_bytes
     assert peak >= 2 * 4 * 64 * 32 * 32 * 4
+
+
+def test_count_ops_counts_a_training_step():
+    """More layers, more dispatched ops; set-up cached by the first step is not counted twice."""
+    kwargs = tiny_kwargs(2)
+    plain_kwargs = {k: v for k, v in kwargs.items() if k not in ("local_window", "global_window")}
+    plain = count_ops(PlainConvUNet(**plain_kwargs), (1, 16, 16))
+    ours = count_ops(RWKVSSSUNet(**kwargs), (1, 16, 16))
+    assert 0 < plain < ours
+    assert count_ops(RWKVSSSUNet(**kwargs), (1, 16, 16)) == ours
