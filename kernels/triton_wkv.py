@@ -12,7 +12,8 @@ The same chunked scan as the C++ kernel (kernels/csrc/bi_wkv.cpp), spread over t
              writes the outputs
 
 so long sequences are parallel over their chunks and only T / chunk steps are sequential
-(`launch` sizes the chunks and the programs).
+(`launch` sizes the chunks and the programs). The chunk kernels exist twice: the step loops
+below, and the same maths in tile form (kernels/triton_tiles.py, `Launch(tile=True)`).
 Inside a chunk the recurrences are plain fp32 loops over the steps (at most CHUNK roundings);
 every load is a contiguous run of BLOCK_C channels. Inputs are read in their own dtype and
 computed in fp32. Triton is imported here, and this module only when the backend is used.
@@ -26,6 +27,10 @@ import triton.language as tl
 CHUNK = 64  # steps per chunk (at least; shorter sequences use the next power of two >= T)
 MAX_CHUNKS = 512  # longer sequences get longer chunks
 UNROLL = 1  # step-loop unroll factor
+# Tile kernels by default? Not until a GPU has timed them against the step loops
+# (`python -m nnunet_sss.bench.wkv --gpu-configs 128,32,8,1,tile ...`, scripts/gpu_check.sh).
+TILE = False
+MAX_TILE_CHUNK = 128  # longer tiles would not fit the registers: more chunks instead
 _PARTS_FWD = 4  # local sums per chunk: prefix (num, den) at its end, suffix (num, den) at its start
 _PARTS_BWD = 8  # prefix P, Q, P2, Q2 and suffix S, R, S2, R2
 
@@ -294,19 +299,35 @@ class Launch:
     block_c: int    # channels per program: one contiguous load of this many per step
     num_warps: int
     unroll: int     # unroll factor of the step loops, so loads of later steps issue early
+    tile: bool = False  # chunk kernels in tile form (kernels/triton_tiles.py) instead of step loops
 
     def meta(self):
-        return dict(CHUNK=self.chunk, BLOCK_C=self.block_c, num_warps=self.num_warps)
+        return dict(CHUNK=self.chunk, BLOCK_C=self.block_c, num_warps=self.num_warps, UNROLL=self.unroll)
+
+    def kernels(self):
+        """(keys, forward local, forward out, backward local, backward out) kernels."""
+        if not self.tile:
+            return _keys_kernel, _fwd_local_kernel, _fwd_out_kernel, _bwd_local_kernel, _bwd_out_kernel
+        from . import triton_tiles as tt
+        return (tt._keys_tile_kernel, tt._fwd_local_tile_kernel, tt._fwd_out_tile_kernel,
+                tt._bwd_local_tile_kernel, tt._bwd_out_tile_kernel)
 
 
-def launch(t_max, chans, chunk=None, block_c=None, num_warps=None, unroll=None) -> Launch:
+def launch(t_max, chans, chunk=None, block_c=None, num_warps=None, unroll=None, tile=None) -> Launch:
     """The default launch for (T, C); any field may be given (tests, the benchmark's sweep).
-    Chunks grow with T so that at most MAX_CHUNKS of them are scanned one after the other."""
+    Chunks grow with T so that at most MAX_CHUNKS of them are scanned one after the other.
+    A tile kernel holds a dozen chunk x block_c tiles: 8 values per thread keep them in
+    registers on sm_90 (tests/kernels/test_wkv_triton_compile.py), so tiles get more warps and
+    long chunks fewer channels (and chunks stop at MAX_TILE_CHUNK)."""
+    tile = TILE if tile is None else bool(tile)
     if chunk is None:
         longest = max(CHUNK, triton.next_power_of_2(triton.cdiv(max(t_max, 1), MAX_CHUNKS)))
-        chunk = min(longest, triton.next_power_of_2(max(t_max, 1)))
-    block_c = block_c or max(16, min(64, triton.next_power_of_2(chans)))
-    return Launch(chunk, block_c, num_warps or max(1, block_c // 64), unroll or UNROLL)
+        chunk = min(longest, MAX_TILE_CHUNK if tile else longest, triton.next_power_of_2(max(t_max, 1)))
+    if not tile:
+        block_c = block_c or max(16, min(64, triton.next_power_of_2(chans)))
+        return Launch(chunk, block_c, num_warps or max(1, block_c // 64), unroll or UNROLL)
+    block_c = block_c or max(16, min(32, 2048 // chunk, triton.next_power_of_2(chans)))
+    return Launch(chunk, block_c, num_warps or max(1, min(8, chunk * block_c // 256)), unroll or UNROLL, True)
 
 
 def _lengths(lengths, n_seq, t_max, device):
@@ -315,13 +336,12 @@ def _lengths(lengths, n_seq, t_max, device):
     return lengths.to(device=device, dtype=torch.int32).contiguous()
 
 
-def _keys(k, v, lengths, n_chunks, grid, cfg):
-    """Key max over the real tokens and v there (the first such token), float32 (N, C)."""
+def _keys(kernel, k, v, lengths, n_chunks, grid, cfg):
+    """Key max over the real tokens and v there (one such token), float32 (N, C)."""
     n_seq, t_max, chans = k.shape
     chunk_max = torch.empty((n_seq, n_chunks, chans), dtype=torch.float32, device=k.device)
     chunk_centre = torch.empty_like(chunk_max)
-    _keys_kernel[grid](k, v, lengths, chunk_max, chunk_centre, t_max, chans, n_chunks, UNROLL=cfg.unroll,
-                       **cfg.meta())
+    kernel[grid](k, v, lengths, chunk_max, chunk_centre, t_max, chans, n_chunks, **cfg.meta())
     k_max, at = chunk_max.max(1, keepdim=True)
     centre = chunk_centre.gather(1, at).squeeze(1)
     k_max = k_max.squeeze(1)
@@ -344,14 +364,15 @@ def forward(k, v, w, u, lengths, cfg=None):
     cfg = cfg or launch(t_max, chans)
     n_chunks = triton.cdiv(t_max, cfg.chunk)
     grid = (n_seq, triton.cdiv(chans, cfg.block_c), n_chunks)
-    k_max, centre = _keys(k, v, lengths, n_chunks, grid, cfg)
+    keys_kernel, local_kernel, out_kernel, _, _ = cfg.kernels()
+    k_max, centre = _keys(keys_kernel, k, v, lengths, n_chunks, grid, cfg)
     local = torch.empty((n_seq, n_chunks, _PARTS_FWD, chans), **f32)
     carry = torch.empty_like(local)
-    meta, unroll = cfg.meta(), dict(UNROLL=cfg.unroll)
-    _fwd_local_kernel[grid](k, v, w, u, lengths, k_max, centre, local, t_max, chans, n_chunks, **unroll, **meta)
-    _carry_kernel[(*grid[:2], 2)](local, carry, w, lengths, chans, n_chunks, PAIRS=1, **meta)
-    _fwd_out_kernel[grid](k, v, w, u, lengths, k_max, centre, carry, y, yc, den, t_max, chans,
-                          n_chunks, **unroll, **meta)
+    meta = cfg.meta()
+    local_kernel[grid](k, v, w, u, lengths, k_max, centre, local, t_max, chans, n_chunks, **meta)
+    _carry_kernel[(*grid[:2], 2)](local, carry, w, lengths, chans, n_chunks, PAIRS=1, CHUNK=cfg.chunk,
+                                  BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+    out_kernel[grid](k, v, w, u, lengths, k_max, centre, carry, y, yc, den, t_max, chans, n_chunks, **meta)
     return y, yc, den, k_max, centre
 
 
@@ -370,14 +391,16 @@ def backward(grad_y, k, v, w, u, lengths, yc, den, k_max, centre, cfg=None):
     cfg = cfg or launch(t_max, chans)
     n_chunks = triton.cdiv(t_max, cfg.chunk)
     grid = (n_seq, triton.cdiv(chans, cfg.block_c), n_chunks)
-    meta, unroll = cfg.meta(), dict(UNROLL=cfg.unroll)
+    meta = cfg.meta()
+    _, _, _, local_kernel, out_kernel = cfg.kernels()
     local = torch.empty((n_seq, n_chunks, _PARTS_BWD, chans), **f32)
     carry = torch.empty_like(local)
     parts = torch.empty((n_seq, n_chunks, 2, chans), **f32)
-    _bwd_local_kernel[grid](grad_y, yc, den, w, u, lengths, local, t_max, chans, n_chunks, **unroll, **meta)
-    _carry_kernel[(*grid[:2], 2)](local, carry, w, lengths, chans, n_chunks, PAIRS=2, **meta)
-    _bwd_out_kernel[grid](grad_y, k, v, w, u, lengths, yc, den, k_max, centre, carry, grad_k, grad_v,
-                          parts, t_max, chans, n_chunks, **unroll, **meta)
+    local_kernel[grid](grad_y, yc, den, w, u, lengths, local, t_max, chans, n_chunks, **meta)
+    _carry_kernel[(*grid[:2], 2)](local, carry, w, lengths, chans, n_chunks, PAIRS=2, CHUNK=cfg.chunk,
+                                  BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+    out_kernel[grid](grad_y, k, v, w, u, lengths, yc, den, k_max, centre, carry, grad_k, grad_v,
+                     parts, t_max, chans, n_chunks, **meta)
     # chain rule through w' = w / L and u' = u / L, summed over the sequences in float64
     per_seq = parts.to(torch.float64).sum(1) / lengths.clamp(min=1).to(torch.float64)[:, None, None]
     bonus = torch.exp(u.to(torch.float64)[None, :] / lengths.clamp(min=1).to(torch.float64)[:, None])

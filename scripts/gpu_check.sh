@@ -45,7 +45,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n ${XDIST_WORKERS:-8}")
 step kernel_tests "${KERNEL_LIMIT:-300}" "$PY" -m pytest -q -p no:cacheprovider $XDIST -k cuda "$REPO/tests/kernels"
 step wkv_bench "${WKV_LIMIT:-240}" "$PY" -m nnunet_sss.bench.wkv --gpu-only --gpu-shape 8x65536x256 4096x512x32 2048x64x320 \
-    --gpu-configs ${GPU_CONFIGS:-64,64,4,1 64,64,2,1 256,64,2,1 128,32,1,1 128,128,4,1 128,64,1,1 128,64,2,4 256,64,2,4} ${WKV_ARGS:-}
+    --gpu-configs ${GPU_CONFIGS:-128,64,1,1 256,64,2,1 128,32,1,1 128,16,8,1,tile 128,16,4,1,tile 64,32,8,1,tile 64,16,4,1,tile 128,32,8,1,tile 32,32,4,1,tile} ${WKV_ARGS:-}
 step network_tests "${NETWORK_TESTS_LIMIT:-120}" "$PY" -m pytest -q -p no:cacheprovider -k cuda "$REPO/tests/network/test_unet.py"
 step network_bench "${NETWORK_LIMIT:-200}" "$PY" -m nnunet_sss.bench.network --sweep none --json "$LOGS/network.json"
 step network_bench_compiled "${COMPILED_LIMIT:-400}" "$PY" -m nnunet_sss.bench.network --compile --sweep none

@@ -175,9 +175,22 @@ def _launch_step(k, v, w, u, grad_y, cfg):
     return step
 
 
+def parse_launch(text: str):
+    """"chunk,block_c,num_warps,unroll" (step-loop kernels) or the same with ",tile" (tile kernels)."""
+    from nnunet_sss.kernels import triton_wkv
+
+    fields = text.split(",")
+    tile = len(fields) == 5 and fields[4] == "tile"
+    if len(fields) not in (4, 5) or (len(fields) == 5 and not tile) or not all(x.isdigit() for x in fields[:4]):
+        raise ValueError(f"launch configuration {text!r}: expected CHUNK,BLOCK_C,NUM_WARPS,UNROLL[,tile], "
+                         "four positive integers")
+    chunk, block_c, num_warps, unroll = (int(x) for x in fields[:4])
+    return triton_wkv.Launch(chunk, block_c, num_warps, unroll, tile)
+
+
 def gpu_rows(n, t, c, repeats, configs=(), device="cuda"):
     """Triton against the PyTorch path on the GPU; then each launch configuration in `configs`
-    ("chunk,block_c,num_warps,unroll") timed and checked against the default one. (device="cpu"
+    ("chunk,block_c,num_warps,unroll[,tile]") timed and checked against the default one. (device="cpu"
     under TRITON_INTERPRET=1 runs the same code on small sizes, to test this function.)"""
     from nnunet_sss.kernels import triton_wkv
 
@@ -208,8 +221,7 @@ def gpu_rows(n, t, c, repeats, configs=(), device="cuda"):
         print("\nlaunch configurations (forward+backward; error: max relative error against the default's results)")
         reference = _launch_step(k, v, w, u, grad_y, default)()
         for text in configs:
-            chunk, block_c, num_warps, unroll = (int(x) for x in text.split(","))
-            cfg = triton_wkv.Launch(chunk, block_c, num_warps, unroll)
+            cfg = parse_launch(text)
             step = _launch_step(k, v, w, u, grad_y, cfg)
             err = max(_rel_err(a, b) for a, b in zip(step(), reference))
             sec = _best_times({"step": step}, repeats, device)["step"]
@@ -255,8 +267,9 @@ def main(argv=None):
     parser.add_argument("--gpu-shape", nargs="+", default=["8x65536x256"],
                         help="N x T x C shapes for the GPU rows (the launch sweep uses the first)")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU rows")
-    parser.add_argument("--gpu-configs", nargs="*", default=[], metavar="CHUNK,BLOCK_C,NUM_WARPS,UNROLL",
-                        help="Triton launch configurations to time and check against the default")
+    parser.add_argument("--gpu-configs", nargs="*", default=[], metavar="CHUNK,BLOCK_C,NUM_WARPS,UNROLL[,tile]",
+                        help="Triton launch configurations to time and check against the default "
+                             "(',tile': the tile kernels, kernels/triton_tiles.py)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)

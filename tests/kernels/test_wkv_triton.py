@@ -27,19 +27,20 @@ def interpreter_report():
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["one_chunk_default", "carries_and_lengths", "extreme", "registered_op",
-                                  "registered_op_fp64"])
+@pytest.mark.parametrize("case", ["one_chunk_default", "carries_and_lengths", "extreme",
+                                  "one_chunk_default/tile", "carries_and_lengths/tile", "extreme/tile",
+                                  "registered_op", "registered_op_fp64"])
 def test_triton_matches_torch_path_fp32(interpreter_report, case):
     errs = dict(interpreter_report[case])
     if case == "registered_op":
         assert errs.pop("padding_is_zero") == 0.0
-    if case == "extreme":  # see test_wkv_edge_cases.test_extreme_keys_and_decay
+    if case.startswith("extreme"):  # see test_wkv_edge_cases.test_extreme_keys_and_decay
         assert errs.pop("y") <= TOLERANCE
         assert max(errs.values()) <= 10 * TOLERANCE, errs
     assert max(errs.values()) <= TOLERANCE, errs
 
 
-@pytest.mark.parametrize("case", ["fp16", "bf16"])
+@pytest.mark.parametrize("case", ["fp16", "bf16", "fp16/tile", "bf16/tile"])
 def test_triton_half_precision_inputs(interpreter_report, case):
     """Half inputs are read as they are and computed in fp32: same bound as fp32."""
     errs = interpreter_report[case]

@@ -1,8 +1,8 @@
 """Run by test_wkv_triton.py in a subprocess with TRITON_INTERPRET=1 (which must be set before
 Triton kernels are imported, and must not leak into the other tests).
 
-Compares the raw Triton kernels, on CPU tensors, with the float64 PyTorch path: outputs and
-the four gradients. Prints one JSON object: case name -> {quantity: max relative error}.
+Compares the raw Triton kernels (step loops and tiles), on CPU tensors, with the float64
+PyTorch path: outputs and the four gradients. Prints one JSON object: case name -> {quantity: max relative error}.
 """
 import json
 import os
@@ -28,8 +28,8 @@ CASES = [
 ]
 
 
-def kernel_results(k, v, w, u, grad_y, lengths, chunk):
-    cfg = triton_wkv.launch(k.shape[1], k.shape[2], chunk=chunk)
+def kernel_results(k, v, w, u, grad_y, lengths, chunk, tile):
+    cfg = triton_wkv.launch(k.shape[1], k.shape[2], chunk=chunk, tile=tile)
     out = triton_wkv.forward(k, v, w, u, lengths, cfg)
     grads = triton_wkv.backward(grad_y, k, v, w, u, lengths, *out[1:], cfg)
     return (out[0], *grads)
@@ -47,9 +47,11 @@ def main():
         k, v, w, u, grad_y = random_inputs(n, t, c, seed=t * c, k_range=1000.0 if extreme else 20.0,
                                            w_range=50.0 if extreme else 8.0, dtype=dtype)
         lengths = None if lengths is None else torch.tensor(lengths)
-        report[name] = errors(kernel_results(k, v, w, u, grad_y, lengths, chunk),
-                              torch_results(k, v, w, u, grad_y, lengths))
-        print(f"{name}: {time.time() - started:.1f} s", file=sys.stderr)
+        expected = torch_results(k, v, w, u, grad_y, lengths)
+        for tile in (False, True):  # the step-loop kernels and the tile kernels
+            key = name + ("/tile" if tile else "")
+            report[key] = errors(kernel_results(k, v, w, u, grad_y, lengths, chunk, tile), expected)
+            print(f"{key}: {time.time() - started:.1f} s", file=sys.stderr)
     # the registered op with backend="triton" (allowed on CPU tensors under the interpreter)
     k, v, w, u, grad_y = random_inputs(2, 6, 3, seed=5)
     lengths = torch.tensor([6, 2])
