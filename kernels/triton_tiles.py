@@ -18,7 +18,7 @@ Scans in tile form:
 import triton
 import triton.language as tl
 
-from .triton_wkv import _kernel, _keys_values, _p_q, _program, _sequence
+from .triton_wkv import _kernel, _keys_values, _p_q, _program, _sequence, _store4, _store_keys
 
 
 @triton.jit
@@ -70,9 +70,7 @@ def _keys_tile_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks
     best = tl.max(kk, 0)
     where = tl.argmax(kk, 0)
     centre = tl.sum(tl.where(rows[:, None] == where[None, :], vv, 0.0), 0)
-    out = (n * n_chunks + j) * C + cols
-    tl.store(max_ptr + out, best, mask=cmask)
-    tl.store(centre_ptr + out, centre, mask=cmask)
+    _store_keys(max_ptr, centre_ptr, n, j, n_chunks, C, cols, cmask, best, centre)
 
 
 @_kernel
@@ -85,11 +83,8 @@ def _fwd_local_tile_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_
     count = tl.minimum(tl.maximum(length - j * CHUNK, 0), CHUNK)
     to_end, _ = _powers(w_ptr, cols, cmask, length, (count - 1 - rows)[:, None], live)  # prefix at the chunk end
     from_start, _ = _powers(w_ptr, cols, cmask, length, rows[:, None], live)           # suffix at its start
-    out = (n * n_chunks + j) * 4 * C + cols
-    tl.store(local_ptr + out, tl.sum(to_end * e * vc, 0), mask=cmask)
-    tl.store(local_ptr + out + C, tl.sum(to_end * e, 0), mask=cmask)
-    tl.store(local_ptr + out + 2 * C, tl.sum(from_start * e * vc, 0), mask=cmask)
-    tl.store(local_ptr + out + 3 * C, tl.sum(from_start * e, 0), mask=cmask)
+    _store4(local_ptr, (n * n_chunks + j) * 4 * C + cols, C, cmask, tl.sum(to_end * e * vc, 0),
+            tl.sum(to_end * e, 0), tl.sum(from_start * e * vc, 0), tl.sum(from_start * e, 0))
 
 
 @_kernel
@@ -133,14 +128,10 @@ def _bwd_local_tile_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, u_ptr, len_ptr, local_
     to_end, dist = _powers(w_ptr, cols, cmask, length, (count - 1 - rows)[:, None], live)
     from_start, dist_s = _powers(w_ptr, cols, cmask, length, rows[:, None], live)
     out = (n * n_chunks + j) * 8 * C + cols
-    tl.store(local_ptr + out, tl.sum(to_end * p, 0), mask=cmask)
-    tl.store(local_ptr + out + C, tl.sum(to_end * q, 0), mask=cmask)
-    tl.store(local_ptr + out + 2 * C, tl.sum(dist * to_end * p, 0), mask=cmask)
-    tl.store(local_ptr + out + 3 * C, tl.sum(dist * to_end * q, 0), mask=cmask)
-    tl.store(local_ptr + out + 4 * C, tl.sum(from_start * p, 0), mask=cmask)
-    tl.store(local_ptr + out + 5 * C, tl.sum(from_start * q, 0), mask=cmask)
-    tl.store(local_ptr + out + 6 * C, tl.sum(dist_s * from_start * p, 0), mask=cmask)
-    tl.store(local_ptr + out + 7 * C, tl.sum(dist_s * from_start * q, 0), mask=cmask)
+    _store4(local_ptr, out, C, cmask, tl.sum(to_end * p, 0), tl.sum(to_end * q, 0),
+            tl.sum(dist * to_end * p, 0), tl.sum(dist * to_end * q, 0))
+    _store4(local_ptr, out + 4 * C, C, cmask, tl.sum(from_start * p, 0), tl.sum(from_start * q, 0),
+            tl.sum(dist_s * from_start * p, 0), tl.sum(dist_s * from_start * q, 0))
 
 
 @_kernel

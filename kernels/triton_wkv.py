@@ -97,6 +97,22 @@ def _scan_step(lam, x, y, x2, y2, dx, dy):
     return lam * x + dx, lam * y + dy, lam * (x2 + x), lam * (y2 + y)
 
 
+@triton.jit
+def _store4(ptr, at, C, cmask, a, b, c, d):
+    """Four per-channel vectors of a chunk, C apart (the chunk sums and keys outputs)."""
+    tl.store(ptr + at, a, mask=cmask)
+    tl.store(ptr + at + C, b, mask=cmask)
+    tl.store(ptr + at + 2 * C, c, mask=cmask)
+    tl.store(ptr + at + 3 * C, d, mask=cmask)
+
+
+@triton.jit
+def _store_keys(max_ptr, centre_ptr, n, j, n_chunks, C, cols, cmask, best, centre):
+    out = (n * n_chunks + j) * C + cols
+    tl.store(max_ptr + out, best, mask=cmask)
+    tl.store(centre_ptr + out, centre, mask=cmask)
+
+
 @_kernel
 def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
                  CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr):
@@ -112,9 +128,7 @@ def _keys_kernel(k_ptr, v_ptr, len_ptr, max_ptr, centre_ptr, T, C, n_chunks,
         larger = kk > best
         best = tl.where(larger, kk, best)
         centre = tl.where(larger, vv, centre)
-    out = (n * n_chunks + j) * C + cols
-    tl.store(max_ptr + out, best, mask=cmask)
-    tl.store(centre_ptr + out, centre, mask=cmask)
+    _store_keys(max_ptr, centre_ptr, n, j, n_chunks, C, cols, cmask, best, centre)
 
 
 @_kernel
@@ -137,11 +151,7 @@ def _fwd_local_kernel(k_ptr, v_ptr, w_ptr, u_ptr, len_ptr, max_ptr, centre_ptr, 
         e, vc = _keys_values(k_ptr, v_ptr, (n * T + t) * C + cols, cmask & (t < length), m, ctr)
         sa = lam * sa + e * vc
         sd = lam * sd + e
-    out = (n * n_chunks + j) * 4 * C + cols
-    tl.store(local_ptr + out, pa, mask=cmask)
-    tl.store(local_ptr + out + C, pd, mask=cmask)
-    tl.store(local_ptr + out + 2 * C, sa, mask=cmask)
-    tl.store(local_ptr + out + 3 * C, sd, mask=cmask)
+    _store4(local_ptr, (n * n_chunks + j) * 4 * C + cols, C, cmask, pa, pd, sa, sd)
 
 
 @_kernel
@@ -235,14 +245,8 @@ def _bwd_local_kernel(g_ptr, yc_ptr, den_ptr, w_ptr, u_ptr, len_ptr, local_ptr, 
         p, q = _p_q(g_ptr, den_ptr, yc_ptr, (n * T + t) * C + cols, cmask & (t < length))
         ss, rr, ss2, rr2 = _scan_step(lam, ss, rr, ss2, rr2, p, q)
     out = (n * n_chunks + j) * 8 * C + cols
-    tl.store(local_ptr + out, pp, mask=cmask)
-    tl.store(local_ptr + out + C, qq, mask=cmask)
-    tl.store(local_ptr + out + 2 * C, pp2, mask=cmask)
-    tl.store(local_ptr + out + 3 * C, qq2, mask=cmask)
-    tl.store(local_ptr + out + 4 * C, ss, mask=cmask)
-    tl.store(local_ptr + out + 5 * C, rr, mask=cmask)
-    tl.store(local_ptr + out + 6 * C, ss2, mask=cmask)
-    tl.store(local_ptr + out + 7 * C, rr2, mask=cmask)
+    _store4(local_ptr, out, C, cmask, pp, qq, pp2, qq2)
+    _store4(local_ptr, out + 4 * C, C, cmask, ss, rr, ss2, rr2)
 
 
 @_kernel
