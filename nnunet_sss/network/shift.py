@@ -7,11 +7,9 @@ so nothing crosses a partition border. Windows are those of scan.partition (bala
 the shift as the first token of each window per axis. Implemented with slice copies and zero
 fills at the window borders (no window partition); the backward is the same shift in the opposite
 directions (its adjoint), so autograd keeps no copy of the map. Under torch.compile the same shift
-is written out of place (`_shift_out_of_place`), which inductor fuses.
-
-`shift_concat` returns [x | shift(x)] in one (B, *S, 2C) tensor: the mixes' projections then
-read both halves in one matmul with the mix coefficients folded into their weights, instead of
-materialising one lerp per projection.
+is written out of place (`_shift_out_of_place`), which inductor fuses. The mixes' eager path
+(fused.shift_mix_project) shifts into its own buffer with `_shift_into`; their plain-autograd
+reference, which torch.compile traces, calls `window_shift`.
 """
 from __future__ import annotations
 
@@ -76,36 +74,25 @@ def _shift_into(x: Tensor, out: Tensor, starts: Tuple[Tuple[int, ...], ...], rev
 
 class _Shift(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, starts, concat):
-        ctx.starts, ctx.concat = starts, concat
-        channels = x.shape[-1]
-        if not concat:
-            out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            _shift_into(x, out, starts, reverse=False)
-            return out
-        out = x.new_empty((*x.shape[:-1], 2 * channels))
-        out[..., :channels] = x
-        _shift_into(x, out[..., channels:], starts, reverse=False)
+    def forward(ctx, x, starts):
+        ctx.starts = starts
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        _shift_into(x, out, starts, reverse=False)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        if not ctx.concat:
-            out = torch.empty_like(grad, memory_format=torch.contiguous_format)
-            _shift_into(grad, out, ctx.starts, reverse=True)
-            return out, None, None
-        channels = grad.shape[-1] // 2
-        out = torch.empty_like(grad[..., :channels], memory_format=torch.contiguous_format)
-        _shift_into(grad[..., channels:], out, ctx.starts, reverse=True)
-        return out.add_(grad[..., :channels]), None, None
+        out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        _shift_into(grad, out, ctx.starts, reverse=True)
+        return out, None
 
 
-def _shift_out_of_place(x: Tensor, starts: Tuple[Tuple[int, ...], ...], concat: bool) -> Tensor:
+def _shift_out_of_place(x: Tensor, starts: Tuple[Tuple[int, ...], ...]) -> Tensor:
     """The same shift built from slices, zero padding and border masks, without writing into a
     buffer: what torch.compile traces (inductor fuses it into one kernel, and autograd's backward
     of it is the adjoint shift). Some torch versions (2.11 on CUDA) fail to functionalise the
     in-place slice writes of `_shift_into` inside the joint training graph."""
-    parts = [x] if concat else []
+    parts = []
     for channels, dim, length, from_previous, border in _moves(x, starts, reverse=False):
         src = x[..., channels]
         zero = torch.zeros_like(src.narrow(dim, 0, 1))
@@ -147,12 +134,5 @@ def window_shift(x: Tensor, starts: Sequence[Sequence[int]]) -> Tensor:
     """Shift channel groups of channels-last `x` (B, *S, C) by one token inside the windows
     that begin at `starts` (per axis; see shift_starts)."""
     if torch.compiler.is_compiling():
-        return _shift_out_of_place(x, _check(x, starts), False)
-    return _Shift.apply(x, _check(x, starts), False)
-
-
-def shift_concat(x: Tensor, starts: Sequence[Sequence[int]]) -> Tensor:
-    """[x | window_shift(x, starts)] as one (B, *S, 2C) tensor."""
-    if torch.compiler.is_compiling():
-        return _shift_out_of_place(x, _check(x, starts), True)
-    return _Shift.apply(x, _check(x, starts), True)
+        return _shift_out_of_place(x, _check(x, starts))
+    return _Shift.apply(x, _check(x, starts))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nnunet_sss.network.scan import partition, window_starts
-from nnunet_sss.network.shift import _Shift, _check, _shift_out_of_place, shift_concat, shift_starts, window_shift
+from nnunet_sss.network.shift import _Shift, _check, _shift_out_of_place, shift_starts, window_shift
 
 
 def _crop(x, starts, sizes):
@@ -56,16 +56,6 @@ def test_backward_is_adjoint(size, window):
     x = torch.randn(1, *size, 13, dtype=torch.float64, requires_grad=True)
     starts = shift_starts(size, window)
     torch.autograd.gradcheck(lambda t: window_shift(t, starts), (x,))
-    torch.autograd.gradcheck(lambda t: shift_concat(t, starts), (x,))
-
-
-def test_concat_halves():
-    x = torch.randn(2, 6, 5, 3, 12)
-    starts = shift_starts((6, 5, 3), (4, 4, 2))
-    both = shift_concat(x, starts)
-    assert both.shape == (2, 6, 5, 3, 24)
-    torch.testing.assert_close(both[..., :12], x)
-    torch.testing.assert_close(both[..., 12:], window_shift(x, starts))
 
 
 def test_global_shift_crosses_windows():
@@ -77,14 +67,13 @@ def test_global_shift_crosses_windows():
 
 
 @pytest.mark.parametrize("size,window,chans", [((5, 4), (2, 3), 10), ((3, 4, 5), (2, 2, 4), 13), ((1, 6), None, 4)])
-@pytest.mark.parametrize("concat", [False, True])
-def test_traced_shift_equals_the_in_place_one(size, window, chans, concat):
+def test_traced_shift_equals_the_in_place_one(size, window, chans):
     """What torch.compile traces (out of place) gives the eager shift's values and gradients."""
     starts = _check(torch.empty(1, *size, chans), shift_starts(size, window))
     x = torch.randn(2, *size, chans, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, *size, chans * (2 if concat else 1), dtype=torch.float64)
-    eager = _Shift.apply(x, starts, concat)
-    traced = _shift_out_of_place(x, starts, concat)
+    grad = torch.randn(2, *size, chans, dtype=torch.float64)
+    eager = _Shift.apply(x, starts)
+    traced = _shift_out_of_place(x, starts)
     torch.testing.assert_close(traced, eager, rtol=0, atol=0)
     torch.testing.assert_close(torch.autograd.grad(traced, x, grad)[0], torch.autograd.grad(eager, x, grad)[0],
                                rtol=0, atol=1e-15)
