@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+import nnunet_sss.kernels
 from nnunet_sss.kernels import bi_wkv, cpu_ext, op
 from wkv_testing import DEVICES, random_inputs
 
@@ -46,7 +47,9 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(monkeypatch, fres
 def test_missing_triton_on_cuda_falls_back_to_torch_with_one_warning(monkeypatch, fresh_backend_caches):
     """(Resolved for a CUDA device without tensors: this machine has no GPU.)"""
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
-    monkeypatch.delitem(sys.modules, "nnunet_sss.kernels.triton_wkv", raising=False)
+    for name in ("triton_wkv", "triton_tiles"):  # as if never imported (other tests import them)
+        monkeypatch.delitem(sys.modules, f"nnunet_sss.kernels.{name}", raising=False)
+        monkeypatch.delattr(nnunet_sss.kernels, name, raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert op._resolve("auto", torch.device("cuda")) == "torch"
