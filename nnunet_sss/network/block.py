@@ -7,10 +7,17 @@ the conv path's (B, C, *S) maps to tokens and back once per stage, not once per 
 
 With `checkpoint`, a layer keeps only its input for backward and recomputes its inside then
 (activation checkpointing): a layer at full resolution would otherwise keep about a dozen
-maps of its width, against the one or two of the conv it replaces.
+maps of its width, against the one or two of the conv it replaces. The recomputation runs in
+micro-batches (`micro_batch_size`), since rebuilding a whole layer of the whole batch at once
+briefly holds those dozen maps anyway: at stage 0 that peak alone was as large as all of
+PlainConvUNet's activations. Every token op of a layer is per sample, so the split changes
+nothing but the order of the parameter-gradient sums. The stage hands its first layer a
+channels-last view of the conv output, which the conv keeps anyway; the layer's contiguous copy
+is made inside the checkpoint, so the stage keeps no second copy of its input.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -20,6 +27,19 @@ from torch.utils.checkpoint import checkpoint
 
 from .channel_mix import ChannelMix
 from .spatial_mix import SpatialMix
+
+# Micro-batches of the checkpointed recomputation: at most this many per layer, and none smaller
+# than this many elements (unless one sample is larger): small enough that the recomputed layer
+# is no longer the training peak, large enough that deep, small stages are not split at all and
+# a GPU still gets whole kernels.
+MICRO_BATCHES = 4
+MICRO_BATCH_MIN_ELEMENTS = 2 ** 20
+
+
+def micro_batch_size(x: Tensor) -> int:
+    """Samples per micro-batch of the checkpointed recomputation of a layer's input x."""
+    per_sample = max(1, math.prod(x.shape[1:]))
+    return max(1, -(-x.shape[0] // MICRO_BATCHES), -(-MICRO_BATCH_MIN_ELEMENTS // per_sample))
 
 
 class RWKVLayer(nn.Module):
@@ -36,13 +56,15 @@ class RWKVLayer(nn.Module):
         self.channel_mix = ChannelMix(channels, hidden_ratio, self.spatial_mix.shift_windows(), layer_id, n_layers)
 
     def _forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous()  # the stage's channels-last view of its conv output: copied here, inside the checkpoint
         x = x + self.spatial_mix(self.norm1(x))
         return x + self.channel_mix(self.norm2(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.checkpoint and torch.is_grad_enabled() and x.requires_grad:
-            return checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        if not (self.checkpoint and torch.is_grad_enabled() and x.requires_grad):
+            return self._forward(x)
+        parts = [checkpoint(self._forward, part, use_reentrant=False) for part in x.split(micro_batch_size(x))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class StageScanBlock(nn.Module):
@@ -68,5 +90,4 @@ class RWKVStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = x.movedim(1, -1).contiguous()
-        return self.blocks(tokens).movedim(-1, 1).contiguous()
+        return self.blocks(x.movedim(1, -1)).movedim(-1, 1).contiguous()

@@ -17,7 +17,11 @@ width H = hidden_ratio * C:
     channel mix: input, [x | shift x], sigmoid(r'), value 5 N C
                  relu(k)                                  N H
 With checkpointing a layer keeps only its input (N C) until backward, where one layer at a time
-is rebuilt in full: the estimate is the inputs plus the largest layer.
+is rebuilt in full: the estimate is the inputs plus the largest layer. (A stage's first layer
+reads its conv's output, which the conv's count covers; the stage's channels-first output, kept
+by the next conv, takes that slot. The rebuild runs in micro-batches of at least one sample,
+so the largest layer counted per sample, as nnU-Net scales the estimate with the batch, errs on
+the safe side.)
 """
 from __future__ import annotations
 

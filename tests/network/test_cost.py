@@ -5,7 +5,10 @@ import torch
 from torch import nn
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 
-from nnunet_sss.network.block import RWKVLayer
+import nnunet_sss.network.block as block_module
+from nnunet_sss.bench.measure import _live_tensor_peak
+from nnunet_sss.network.block import RWKVLayer, RWKVStage, StageScanBlock
+from nnunet_sss.network.unet import RWKVSSSUNet
 from nnunet_sss.network.cost import CONV_ELEMENTS_PER_UNIT, layer_elements
 from nnunet_sss.network.upsample import Upsample
 
@@ -50,6 +53,33 @@ def test_checkpointed_layer_keeps_its_input_only():
     layer = RWKVLayer(16, 3, (4, 4, 4), (2, 2, 2), 2, "stage", "window", 0, 2, checkpoint=True)
     x = torch.randn(1, 8, 8, 8, 16, requires_grad=True)
     assert _kept_elements(layer, x, exclude=list(layer.parameters())) == x.numel()
+
+
+def test_checkpointed_stage_keeps_no_copy_of_its_input():
+    """The conv output the stage reads is kept by the conv; the stage adds only the inputs of its
+    later layers (its first layer copies the channels-last view inside the checkpoint)."""
+    stage = RWKVStage([StageScanBlock(16, 3, (4, 4, 4), (2, 2, 2), (2, 2, 2), 2, "stage", "window", 2 * i, 4,
+                                      checkpoint=True) for i in range(2)])
+    x = torch.randn(2, 16, 8, 8, 8, requires_grad=True)
+    kept = _kept_elements(stage, x, exclude=[x, *stage.parameters()])
+    assert kept == 3 * x.numel()  # 4 layers: the inputs of layers 2, 3 and 4
+
+
+def test_micro_batched_recomputation_lowers_the_training_peak(monkeypatch):
+    """Rebuilding a checkpointed layer for the whole batch at once set the network's peak;
+    in micro-batches it does not."""
+    kwargs = dict(input_channels=1, n_stages=3, features_per_stage=[8, 16, 32], conv_op=nn.Conv3d, kernel_sizes=3,
+                  strides=[1, 2, 2], n_conv_per_stage=2, num_classes=3, n_conv_per_stage_decoder=2, conv_bias=True,
+                  norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                  nonlin_kwargs={"inplace": True}, deep_supervision=True)
+    torch.manual_seed(0)
+    net = RWKVSSSUNet(**kwargs)
+    x = torch.randn(4, 1, 16, 24, 16)
+    monkeypatch.setattr(block_module, "MICRO_BATCH_MIN_ELEMENTS", 1)  # a 4-sample batch in 4 micro-batches
+    micro = _live_tensor_peak(net, x, False)
+    monkeypatch.setattr(block_module, "MICRO_BATCHES", 1)
+    whole = _live_tensor_peak(net, x, False)
+    assert micro < 0.9 * whole
 
 
 def test_dynamic_upsample_estimate():
