@@ -30,8 +30,8 @@ from .spatial_mix import SpatialMix
 
 # Micro-batches of the checkpointed recomputation: at most this many per layer, and none smaller
 # than this many elements (unless one sample is larger): small enough that the recomputed layer
-# is no longer the training peak, large enough that deep, small stages are not split at all and
-# a GPU still gets whole kernels.
+# is no longer the training peak, large enough that the deepest stages are not split and a GPU
+# still gets large kernels.
 MICRO_BATCHES = 4
 MICRO_BATCH_MIN_ELEMENTS = 2 ** 20
 
@@ -39,7 +39,7 @@ MICRO_BATCH_MIN_ELEMENTS = 2 ** 20
 def micro_batch_size(x: Tensor) -> int:
     """Samples per micro-batch of the checkpointed recomputation of a layer's input x."""
     per_sample = max(1, math.prod(x.shape[1:]))
-    return max(1, -(-x.shape[0] // MICRO_BATCHES), -(-MICRO_BATCH_MIN_ELEMENTS // per_sample))
+    return max(-(-x.shape[0] // MICRO_BATCHES), -(-MICRO_BATCH_MIN_ELEMENTS // per_sample))
 
 
 class RWKVLayer(nn.Module):

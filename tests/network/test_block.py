@@ -113,7 +113,11 @@ def test_checkpoint_changes_nothing_but_memory(batch, min_elements, chunks, monk
 
 
 def test_micro_batches_stay_whole_kernels_and_few():
-    assert micro_batch_size(torch.empty(9, 40, 56, 40, 32)) == 3      # 3 micro-batches of 3 samples
-    assert micro_batch_size(torch.empty(2, 20, 28, 20, 64)) == 2      # 717k elements a sample: not split
-    assert micro_batch_size(torch.empty(366, 56, 40, 32)) == 92      # at most 4 micro-batches
-    assert len(torch.empty(0, 4, 4, 8).split(micro_batch_size(torch.empty(0, 4, 4, 8)))) == 1
+    def size(*shape):
+        return micro_batch_size(torch.empty(shape, device="meta"))
+
+    assert size(9, 40, 56, 40, 32) == 3      # Hippocampus 3d stage 0 at batch 9: 3 micro-batches of 3
+    assert size(9, 10, 14, 10, 128) == 6     # stage 2: 179k elements a sample, 2 micro-batches
+    assert size(2, 20, 28, 20, 64) == 2      # 717k elements a sample at batch 2: not split
+    assert size(366, 56, 40, 32) == 92       # at most 4 micro-batches
+    assert len(torch.empty(0, 4, 4, 8).split(size(0, 4, 4, 8))) == 1

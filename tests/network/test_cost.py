@@ -12,6 +12,8 @@ from nnunet_sss.network.unet import RWKVSSSUNet
 from nnunet_sss.network.cost import CONV_ELEMENTS_PER_UNIT, layer_elements
 from nnunet_sss.network.upsample import Upsample
 
+from network_cases import tiny_kwargs
+
 
 def _kept_elements(module, x, exclude=()):
     """Elements of the distinct tensors autograd keeps for backward (inputs and parameters
@@ -68,12 +70,8 @@ def test_checkpointed_stage_keeps_no_copy_of_its_input():
 def test_micro_batched_recomputation_lowers_the_training_peak(monkeypatch):
     """Rebuilding a checkpointed layer for the whole batch at once set the network's peak;
     in micro-batches it does not."""
-    kwargs = dict(input_channels=1, n_stages=3, features_per_stage=[8, 16, 32], conv_op=nn.Conv3d, kernel_sizes=3,
-                  strides=[1, 2, 2], n_conv_per_stage=2, num_classes=3, n_conv_per_stage_decoder=2, conv_bias=True,
-                  norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
-                  nonlin_kwargs={"inplace": True}, deep_supervision=True)
     torch.manual_seed(0)
-    net = RWKVSSSUNet(**kwargs)
+    net = RWKVSSSUNet(**tiny_kwargs(3))
     x = torch.randn(4, 1, 16, 24, 16)
     monkeypatch.setattr(block_module, "MICRO_BATCH_MIN_ELEMENTS", 1)  # a 4-sample batch in 4 micro-batches
     micro = _live_tensor_peak(net, x, False)
