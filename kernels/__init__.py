@@ -1,9 +1,12 @@
-"""The Bi-WKV operator (layer 1: knows no network and no nnU-Net).
+"""The operators (layer 1: knows no network and no nnU-Net).
 
-`bi_wkv` is the public entry point (a torch.library custom op); `bi_wkv_reference` is the
-O(T^2) float64 definition, for tests only. See docs/kernels.md.
+`bi_wkv` is the Bi-WKV entry point (a torch.library custom op); `bi_wkv_reference` is the
+O(T^2) float64 definition, for tests only. `linear_sample` is the point sampler of the
+dynamic upsampling (F.grid_sample's bilinear/border maths, channels-last on the CPU), with
+`linear_sample_reference` its float64 definition. See docs/kernels.md.
 """
+from .sampler import linear_sample, linear_sample_reference
 from .op import BACKENDS, bi_wkv
 from .reference import bi_wkv_reference
 
-__all__ = ["bi_wkv", "bi_wkv_reference", "BACKENDS"]
+__all__ = ["bi_wkv", "bi_wkv_reference", "BACKENDS", "linear_sample", "linear_sample_reference"]

@@ -1,6 +1,8 @@
-"""The fused C++ Bi-WKV scan (kernels/csrc/bi_wkv.cpp): built once, cached, called via ctypes.
+"""The C++ CPU kernels (kernels/csrc/): built once, cached, called via ctypes.
 
-The source has a plain C ABI and no torch headers, so the one-time build takes seconds.
+Two libraries: the fused Bi-WKV scan (bi_wkv.cpp, wrapped by `Kernels`) and the channels-last
+linear sampler (linear_sample.cpp, wrapped in kernels/sampler.py). Each source has a
+plain C ABI and no torch headers, so the one-time build takes seconds.
 It is compiled for the host CPU (-march=native), so the cache directory is keyed by the
 torch version and the CPU's model and feature flags: a cache shared between different
 machines never hands one of them code it cannot run. Default location:
@@ -16,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "bi_wkv.cpp"
-NAME = "nnunet_sss_bi_wkv_cpu"
+SOURCES = Path(__file__).with_name("csrc")
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
@@ -30,13 +31,13 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def build_dir() -> Path:
+def build_dir(stem: str) -> Path:
     root = os.environ.get("NNUNET_SSS_BUILD_DIR")
     if root is None:
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(cache, "nnunet_sss")
     key = hashlib.sha1(f"{torch.__version__}\n{_cpu_signature()}".encode()).hexdigest()[:12]
-    path = Path(root) / f"bi_wkv_cpu-{key}"
+    path = Path(root) / f"{stem}_cpu-{key}"  # one folder per library: each has its own build.ninja
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -94,13 +95,21 @@ class Kernels:
         return grad_k, grad_v, grad_w_seq.sum(0).float(), grad_u_seq.sum(0).float()
 
 
-def load() -> Kernels:
-    """Builds (or reuses) the library and loads it; raises where it cannot be built."""
+def build(stem: str) -> Path:
+    """Builds (or reuses) kernels/csrc/<stem>.cpp and returns the library's path; raises where
+    it cannot be built."""
     from torch.utils import cpp_extension
 
-    if not SOURCE.is_file():
-        raise FileNotFoundError(f"C++ source missing: {SOURCE}")
-    path = cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=FLAGS,
-                              extra_ldflags=["-fopenmp"], build_directory=str(build_dir()),
+    source = SOURCES / f"{stem}.cpp"
+    if not source.is_file():
+        raise FileNotFoundError(f"C++ source missing: {source}")
+    name, folder = f"nnunet_sss_{stem}_cpu", build_dir(stem)
+    path = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=FLAGS,
+                              extra_ldflags=["-fopenmp"], build_directory=str(folder),
                               is_python_module=False, verbose=False)
-    return Kernels(path or build_dir() / f"{NAME}.so")
+    return Path(path or folder / f"{name}.so")
+
+
+def load() -> Kernels:
+    """The Bi-WKV library, built on first use; raises where it cannot be built."""
+    return Kernels(build("bi_wkv"))

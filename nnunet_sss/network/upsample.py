@@ -1,4 +1,4 @@
-"""Decoder upsampling: dynamic (learned point offsets + grid_sample, after DySample) or the
+"""Decoder upsampling: dynamic (learned point offsets + linear sampling, after DySample) or the
 transposed conv of nnU-Net, both mapping the deeper feature to the skip's width.
 
 Dynamic: a 1x1 conv to the skip's width, then each output voxel samples the (narrowed) map at
@@ -8,7 +8,8 @@ its own position plus a learned offset. The offsets come from a 1x1 conv of the 
 interpolation (align_corners=False). Because the offsets are shared by all channels, the
 1x1 conv commutes with the sampling; running it first, at the low resolution, costs
 prod(scale) times less than after. Per-axis scale factors come from the plans' strides
-(anisotropic and 1 allowed). 2D and 3D share every line.
+(anisotropic and 1 allowed). 2D and 3D share every line. The sampling is the kernels' layer's
+`linear_sample` (grid_sample's bilinear/border maths; channels-last C++ on the CPU).
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import math
 from typing import Sequence, Type
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
+
+from nnunet_sss.kernels import linear_sample
 
 from .cost import dynamic_upsample_activations
 from .init import keep_init
@@ -43,21 +45,16 @@ class DynamicUpsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, size = x.shape[0], x.shape[2:]
         out_size = tuple(s * f for s, f in zip(size, self.scale))
-        # (B, D*prod(f), *S) -> (B, D, S0, f0, S1, f1, ...) -> (B, D, *out_size)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # sampling math in >= fp32
         offset = self.offset(x).to(dtype) * OFFSET_SCOPE
+        # (B, D*prod(f), *S) -> (B, D, f0, f1, .., S0, S1, ..) -> (B, S0, f0, S1, f1, .., D) -> (B, *out_size, D)
         offset = offset.view(batch, self.n_dims, *self.scale, *size)
-        perm = [0, 1] + [i for a in range(self.n_dims) for i in (2 + self.n_dims + a, 2 + a)]
-        offset = offset.permute(perm).reshape(batch, self.n_dims, *out_size)
-        # sampling position in grid_sample's normalised coordinates (align_corners=False):
-        # output voxel o of axis a looks at input coordinate (o + 0.5) / f - 0.5 + offset
-        grid = [((torch.arange(n, device=x.device, dtype=dtype) + 0.5) / n * 2 - 1)
-                .view([n if b == a else 1 for b in range(self.n_dims)]) for a, n in enumerate(out_size)]
-        coords = [grid[a] + offset[:, a] * (2.0 / size[a]) for a in range(self.n_dims)]
-        # grid_sample wants the last dim ordered (x, y[, z]) = last spatial axis first
-        coords = torch.stack(coords[::-1], dim=-1)
-        return F.grid_sample(x.to(dtype), coords, mode="bilinear", padding_mode="border",
-                             align_corners=False).to(x.dtype)
+        perm = [0] + [i for a in range(self.n_dims) for i in (2 + self.n_dims + a, 2 + a)] + [1]
+        offset = offset.permute(perm).reshape(batch, *out_size, self.n_dims)
+        # output voxel o of axis a looks at input coordinate (o + 0.5) / f - 0.5 (+ its offset)
+        base = torch.meshgrid(*[(torch.arange(n, device=x.device, dtype=dtype) + 0.5) / f - 0.5
+                                for n, f in zip(out_size, self.scale)], indexing="ij")
+        return linear_sample(x, offset + torch.stack(base, -1))
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"

@@ -46,3 +46,21 @@ def test_upsample_shapes(mode):
     assert up(torch.randn(2, 8, 3, 4, 5)).shape == (2, 4, 3, 8, 10)
     with pytest.raises(ValueError, match="unknown upsample"):
         Upsample(nn.Conv3d, 8, 4, (1, 2, 2), "pixelshuffle")
+
+
+@pytest.mark.parametrize("conv,size,scale", [(nn.Conv2d, (5, 6), (2, 1)), (nn.Conv3d, (3, 4, 5), (1, 2, 2))])
+def test_float32_sampling_matches_float64(conv, size, scale):
+    """fp32 on the CPU samples with the C++ kernel, float64 with grid_sample: same values and
+    gradients, offsets moved well off the plain interpolation (some points past the border)."""
+    up = DynamicUpsample(conv, 5, scale)
+    with torch.no_grad():
+        up.offset.weight.normal_(0, 2.0), up.offset.bias.normal_(0, 2.0)
+    x = torch.randn(2, 5, *size)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        model, inputs = up.to(dtype), x.to(dtype).requires_grad_()
+        out = model(inputs)
+        grads = torch.autograd.grad(out.sin().sum(), (inputs, *model.parameters()))
+        results.append([out, *grads])
+    for fp32, fp64 in zip(*results):
+        torch.testing.assert_close(fp32.double(), fp64, rtol=1e-4, atol=1e-4)
