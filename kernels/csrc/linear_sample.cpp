@@ -68,14 +68,25 @@ inline int64_t corners(const float* c, int dims, const int64_t* size, const int6
   return base;
 }
 
-void strides_of(int dims, const int64_t* size, int64_t* stride, int64_t* voxels) {
-  int64_t s = 1;
-  for (int a = dims - 1; a >= 0; --a) {
-    stride[a] = s;
-    s *= size[a];
+// The map's geometry; `locate` finds point bp's corners (row index of corner 0, and the rest).
+struct Map {
+  int dims;
+  const int64_t* size;
+  int64_t points, stride[kMaxDims], voxels;
+
+  Map(int dims_, const int64_t* size_, int64_t points_) : dims(dims_), size(size_), points(points_) {
+    int64_t s = 1;
+    for (int a = dims - 1; a >= 0; --a) {
+      stride[a] = s;
+      s *= size[a];
+    }
+    voxels = s;
   }
-  *voxels = s;
-}
+
+  int64_t locate(const float* coords, int64_t bp, bool derivatives, Corners& cn) const {
+    return (bp / points) * voxels + corners(coords + bp * dims, dims, size, stride, derivatives, cn);
+  }
+};
 
 }  // namespace
 
@@ -83,19 +94,14 @@ extern "C" {
 
 void linear_sample_forward(const float* x, const float* coords, int64_t batch, int dims,
                            const int64_t* size, int64_t points, int64_t chans, float* out, int threads) {
-  int64_t stride[kMaxDims], voxels;
-  strides_of(dims, size, stride, &voxels);
+  const Map map(dims, size, points);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t bp = 0; bp < batch * points; ++bp) {
-    const int64_t b = bp / points;
     Corners cn;
-    const int64_t base = b * voxels + corners(coords + bp * dims, dims, size, stride, false, cn);
+    const int64_t base = map.locate(coords, bp, false, cn);
     float* o = out + bp * chans;
-    const float* row = x + (base + cn.offset[0]) * chans;
-    const float w0 = cn.weight[0];
-#pragma omp simd
-    for (int64_t c = 0; c < chans; ++c) o[c] = w0 * row[c];
-    for (int k = 1; k < cn.count; ++k) {
+    std::fill(o, o + chans, 0.0f);
+    for (int k = 0; k < cn.count; ++k) {
       const float* r = x + (base + cn.offset[k]) * chans;
       const float w = cn.weight[k];
 #pragma omp simd
@@ -108,14 +114,12 @@ void linear_sample_forward(const float* x, const float* coords, int64_t batch, i
 void linear_sample_backward(const float* grad_out, const float* x, const float* coords, int64_t batch,
                             int dims, const int64_t* size, int64_t points, int64_t chans,
                             float* grad_x, float* grad_coords, int threads) {
-  int64_t stride[kMaxDims], voxels;
-  strides_of(dims, size, stride, &voxels);
+  const Map map(dims, size, points);
   // coordinates: dot products of each corner's row with the output gradient, parallel over points
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t bp = 0; bp < batch * points; ++bp) {
-    const int64_t b = bp / points;
     Corners cn;
-    const int64_t base = b * voxels + corners(coords + bp * dims, dims, size, stride, true, cn);
+    const int64_t base = map.locate(coords, bp, true, cn);
     const float* g = grad_out + bp * chans;
     float gc[kMaxDims] = {0.0f, 0.0f, 0.0f};
     for (int k = 0; k < cn.count; ++k) {
@@ -133,10 +137,9 @@ void linear_sample_backward(const float* grad_out, const float* x, const float* 
   for (int64_t task = 0; task < batch * blocks; ++task) {
     const int64_t b = task / blocks, c0 = (task % blocks) * kChannelBlock;
     const int64_t c1 = std::min(chans, c0 + kChannelBlock);
-    for (int64_t p = 0; p < points; ++p) {
-      const int64_t bp = b * points + p;
+    for (int64_t bp = b * points; bp < (b + 1) * points; ++bp) {
       Corners cn;
-      const int64_t base = b * voxels + corners(coords + bp * dims, dims, size, stride, false, cn);
+      const int64_t base = map.locate(coords, bp, false, cn);
       const float* g = grad_out + bp * chans;
       for (int k = 0; k < cn.count; ++k) {
         float* r = grad_x + (base + cn.offset[k]) * chans;
