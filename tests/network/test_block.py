@@ -121,3 +121,11 @@ def test_micro_batches_stay_whole_kernels_and_few():
     assert size(2, 20, 28, 20, 64) == 2      # 717k elements a sample at batch 2: not split
     assert size(366, 56, 40, 32) == 92       # at most 4 micro-batches
     assert len(torch.empty(0, 4, 4, 8).split(size(0, 4, 4, 8))) == 1
+
+
+def test_gpu_rebuilds_the_whole_batch(monkeypatch):
+    """Where launches bound the step (CUDA), the rebuild is not split: one micro-batch per layer."""
+    monkeypatch.setattr(block_module, "WHOLE_BATCH_DEVICES", ("meta",))
+    assert micro_batch_size(torch.empty(9, 40, 56, 40, 32, device="meta")) == 9
+    assert micro_batch_size(torch.empty(0, 4, 4, 8, device="meta")) == 1
+    assert micro_batch_size(torch.empty(9, 40, 56, 40, 32)) == 3  # the CPU still splits
