@@ -8,28 +8,21 @@ setting (`rwkv_first_stage=1, hidden_ratio=1`). The profile counts the CUDA kern
 step and the time the GPU is busy with them: far less than the wall time means the step is
 bound by launches, not by the GPU.
 """
+import statistics
 import time
 
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch.profiler import ProfilerActivity, profile
 
-from nnunet_sss.bench.measure import _forward_backward
+from nnunet_sss.bench.measure import _forward_backward, _time_steps
 from nnunet_sss.bench.network import PLANS
 from nnunet_sss.network import RWKVSSSUNet, block
 
 
 def median_step(net, x, steps=10, warmup=3):
-    for _ in range(warmup):
-        _forward_backward(net, x, True)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        _forward_backward(net, x, True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    """Median train step (forward, backward, optimizer step), timed as the network benchmark times it."""
+    return statistics.median(_time_steps(net, x, True, steps, warmup, seed=0)[0])
 
 
 def main():
