@@ -8,7 +8,8 @@
 #   4. `python -m nnunet_sss.bench.network` on the GPU: eager, then both networks torch.compile'd
 #      (what nnU-Net does on a GPU by default), then the size sweeps;
 #   5. `scripts/gpu_profile.py`: the checkpointing variants' step time and memory, and where one
-#      eager step's GPU time goes (kernel count, busy time against wall time).
+#      eager step's GPU time goes (kernel count, busy time against wall time);
+#   6. `python -m nnunet_sss.bench.network --breakdown`: both networks' GPU time per kind of op.
 # Each step has its own time limit and log (in $LOGS; a limit of 0 skips the step); a failing
 # step does not stop the others. Extra arguments for the wkv benchmark: WKV_ARGS.
 # PY: the Python to use (default: the project's .venv, else python3). Without an installed
@@ -53,3 +54,4 @@ step network_bench "${NETWORK_LIMIT:-200}" "$PY" -m nnunet_sss.bench.network --s
 step network_bench_compiled "${COMPILED_LIMIT:-400}" "$PY" -m nnunet_sss.bench.network --compile --sweep none
 step network_sweep "${SWEEP_LIMIT:-200}" "$PY" -m nnunet_sss.bench.network --plans --sweep 2d 3d
 step gpu_profile "${PROFILE_LIMIT:-120}" "$PY" "$REPO/scripts/gpu_profile.py"
+step network_breakdown "${BREAKDOWN_LIMIT:-120}" "$PY" -m nnunet_sss.bench.network --breakdown --plans hippocampus3d hippocampus2d

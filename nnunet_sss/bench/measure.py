@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -155,6 +156,46 @@ def count_ops(network: nn.Module, input_shape: Sequence[int], batch_size: int = 
         _forward_backward(network, x, amp=False)
     network.zero_grad(set_to_none=True)
     return counter.ops
+
+
+# What one op's time is spent on, by its profiler name; the first pattern that matches wins.
+STEP_PARTS = (
+    ("convolutions", r"conv"),
+    ("matmuls", r"^aten::(mm|bmm|addmm|baddbmm|matmul|linear)$"),
+    ("Bi-WKV", r"bi_wkv"),
+    ("point sampler", r"linear_sample|grid_sampler"),
+    ("norms", r"norm"),
+    ("gathers and scatters", r"index|gather|scatter|take"),
+    ("copies and concatenations", r"^aten::(copy_|cat|clone|contiguous|_to_copy|stack)$"),
+    ("other ops", r""),
+)
+
+
+def step_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size: int, device="cpu",
+                   amp: bool = False) -> dict:
+    """Where one forward+backward's time goes: the profiler's self time of every op (CPU time on
+    the CPU, GPU time on CUDA), summed per `STEP_PARTS` entry, in ms. One untimed step first.
+    Self times do not overlap, so the parts add up to the profiled time ("total")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    x = torch.randn((batch_size, *input_shape), device=device)
+    _forward_backward(network, x, amp)
+    network.zero_grad(set_to_none=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _forward_backward(network, x, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    network.zero_grad(set_to_none=True)
+    parts = dict.fromkeys([name for name, _ in STEP_PARTS], 0.0)
+    for row in prof.key_averages():
+        if row.device_type != torch.autograd.DeviceType.CPU:
+            continue  # kernels: their time is counted on the op that launched them
+        us = row.self_device_time_total if device.type == "cuda" else row.self_cpu_time_total
+        parts[next(name for name, pattern in STEP_PARTS if re.search(pattern, row.key))] += us / 1e3
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def _outputs(out):

@@ -8,6 +8,7 @@ input size.
     python -m nnunet_sss.bench.network --option 'rwkv_depths=[0,0,1,1]'   # any RWKVSSSUNet option
     python -m nnunet_sss.bench.network --params                           # parameter table only
     python -m nnunet_sss.bench.network --count-ops --plans hippocampus3d  # ops per step (GPU launches)
+    python -m nnunet_sss.bench.network --breakdown --plans hippocampus3d --batch 2   # where a step's time goes
 
 Every ratio compares two networks measured in the same run, one after the other, with
 `nnunet_sss.bench.measure.measure_network` (see there for how each figure is taken). A
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from nnunet_sss.bench.measure import count_ops, measure_network
+from nnunet_sss.bench.measure import count_ops, measure_network, step_breakdown
 from nnunet_sss.network.unet import RWKVSSSUNet
 
 GOALS = {"params": 0.8, "memory": 0.77, "time": 1.0}
@@ -195,6 +196,25 @@ def sweep(kind: str, options: dict, args) -> list:
     return out
 
 
+def breakdown_table(name: str, plan: dict, options: dict, device: str) -> dict:
+    """One profiled forward+backward of each network, its self time per kind of op side by side."""
+    shape = (plan["kwargs"]["input_channels"], *plan["patch"])
+    parts = {}
+    for label, build in (("PlainConvUNet", PlainConvUNet), ("RWKV-SSS", lambda **kw: RWKVSSSUNet(**kw, **options))):
+        torch.manual_seed(0)
+        parts[label] = step_breakdown(build(**plan["kwargs"]).to(device), shape, plan["batch"], device,
+                                      amp=device.startswith("cuda"))
+    clock = "GPU" if device.startswith("cuda") else "CPU"
+    print(f"\n## {name}: where one forward+backward's {clock} time goes (profiler self time, ms), "
+          f"batch {plan['batch']}")
+    print(f"| {'part':26s} | {'PlainConvUNet':>13s} | {'RWKV-SSS':>9s} | {'difference':>10s} |")
+    print(f"|{'-' * 28}|{'-' * 15}|{'-' * 11}|{'-' * 12}|")
+    for part, base in parts["PlainConvUNet"].items():
+        ours = parts["RWKV-SSS"][part]
+        print(f"| {part:26s} | {base:13.1f} | {ours:9.1f} | {ours - base:+10.1f} |", flush=True)
+    return parts
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -253,6 +273,8 @@ def main(argv=None) -> int:
     parser.add_argument("--params", action="store_true", help="only print the parameter table of all plans")
     parser.add_argument("--count-ops", action="store_true",
                         help="only count the aten ops of one forward+backward (batch 1) of each plan's networks")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only profile one forward+backward of each plan's networks: time per kind of op")
     args = parser.parse_args(argv)
     if args.params:
         parameter_table()
@@ -276,11 +298,15 @@ def main(argv=None) -> int:
     print(f"# RWKV-SSS vs PlainConvUNet — torch {torch.__version__}, device {args.device} ({device}), "
           f"{torch.get_num_threads()} threads, options {options or 'defaults'}"
           + (", both torch.compile'd" if args.compile else ", eager"))
-    report = {"options": options, "plans": {}, "sweeps": {}}
     plans = {"plans-file": plans_from_file(args.plans_file, args.configuration)} if args.plans_file else \
         {name: PLANS[name] for name in args.plans}
+    plans = {name: dict(plan, batch=args.batch or plan["batch"]) for name, plan in plans.items()}
+    if args.breakdown:
+        for name, plan in plans.items():
+            breakdown_table(name, plan, options, args.device)
+        return 0
+    report = {"options": options, "plans": {}, "sweeps": {}}
     for name, plan in plans.items():
-        plan = dict(plan, batch=args.batch or plan["batch"])
         report["plans"][name] = compare_plan(name, plan, options, args)
     for kind in args.sweep:
         if kind != "none":

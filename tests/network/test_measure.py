@@ -3,7 +3,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from nnunet_sss import RWKVSSSUNet
-from nnunet_sss.bench.measure import count_ops, measure_network
+from nnunet_sss.bench.measure import STEP_PARTS, count_ops, measure_network, step_breakdown
 
 from network_cases import tiny_kwargs
 
@@ -42,3 +42,18 @@ def test_count_ops_counts_a_training_step():
     ours = count_ops(RWKVSSSUNet(**kwargs), (1, 16, 16))
     assert 0 < plain < ours
     assert count_ops(RWKVSSSUNet(**kwargs), (1, 16, 16)) == ours
+
+
+def test_step_breakdown_sorts_a_step_by_kind_of_op():
+    """Every part is named, the parts add up to the total, and each network's own ops land where
+    they belong: convs in both, the Bi-WKV and the blocks' matmuls only in RWKV-SSS."""
+    kwargs = tiny_kwargs(2)
+    plain_kwargs = {k: v for k, v in kwargs.items() if k not in ("local_window", "global_window")}
+    plain = step_breakdown(PlainConvUNet(**plain_kwargs), (1, 16, 16), 2)
+    ours = step_breakdown(RWKVSSSUNet(**kwargs), (1, 16, 16), 2)
+    for parts in (plain, ours):
+        assert list(parts) == [name for name, _ in STEP_PARTS] + ["total"]
+        assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 1e-6
+        assert parts["convolutions"] > 0
+    assert plain["Bi-WKV"] == 0 and ours["Bi-WKV"] > 0
+    assert ours["matmuls"] > plain["matmuls"]
