@@ -42,6 +42,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -172,13 +173,13 @@ STEP_PARTS = (
 
 
 def step_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size: int, device="cpu",
-                   amp: bool = False) -> dict:
+                   amp: Optional[bool] = None) -> dict:
     """Where one forward+backward's time goes: the profiler's self time of every op (CPU time on
     the CPU, GPU time on CUDA), summed per `STEP_PARTS` entry, in ms. One untimed step first.
-    Self times do not overlap, so the parts add up to the profiled time ("total")."""
-    from torch.profiler import ProfilerActivity, profile
-
+    Self times do not overlap, so the parts add up to the profiled time ("total"). `amp` as in
+    `measure_network`: fp16 autocast on CUDA unless given."""
     device = torch.device(device)
+    amp = device.type == "cuda" if amp is None else amp
     x = torch.randn((batch_size, *input_shape), device=device)
     _forward_backward(network, x, amp)
     network.zero_grad(set_to_none=True)

@@ -202,8 +202,7 @@ def breakdown_table(name: str, plan: dict, options: dict, device: str) -> dict:
     parts = {}
     for label, build in (("PlainConvUNet", PlainConvUNet), ("RWKV-SSS", lambda **kw: RWKVSSSUNet(**kw, **options))):
         torch.manual_seed(0)
-        parts[label] = step_breakdown(build(**plan["kwargs"]).to(device), shape, plan["batch"], device,
-                                      amp=device.startswith("cuda"))
+        parts[label] = step_breakdown(build(**plan["kwargs"]).to(device), shape, plan["batch"], device)
     clock = "GPU" if device.startswith("cuda") else "CPU"
     print(f"\n## {name}: where one forward+backward's {clock} time goes (profiler self time, ms), "
           f"batch {plan['batch']}")
