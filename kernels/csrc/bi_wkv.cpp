@@ -22,10 +22,24 @@
 #include <limits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace {
 
-constexpr int kLanes = 16;       // channels per vector (one AVX-512 register of fp32)
-constexpr int kGroups = 4;       // vectors per task: 64 channels
+// Channels per vector: one native register of fp32. Wider generic vectors than the ISA has
+// (16 lanes on AVX2) compile to spills and scalar selects, several times slower.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#define NNUNET_SSS_HALVES 0, 1, 2, 3, 4, 5, 6, 7
+#define NNUNET_SSS_UPPER 8, 9, 10, 11, 12, 13, 14, 15
+#else
+constexpr int kLanes = 8;
+#define NNUNET_SSS_HALVES 0, 1, 2, 3
+#define NNUNET_SSS_UPPER 4, 5, 6, 7
+#endif
+constexpr int kGroups = 64 / kLanes;  // vectors per task: 64 channels
 constexpr int64_t kChunk = 16;   // steps per chunk
 
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -35,7 +49,7 @@ typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline vf splat(float x) { return vf{} + x; }
 
-// 16 lanes in fp64, as two halves.
+// kLanes lanes in fp64, as two halves.
 struct vd2 {
   vd lo, hi;
 };
@@ -43,13 +57,13 @@ inline vd2 operator+(vd2 a, vd2 b) { return {a.lo + b.lo, a.hi + b.hi}; }
 inline vd2 operator*(vd2 a, vd2 b) { return {a.lo * b.lo, a.hi * b.hi}; }
 inline vd2 operator*(vd2 a, double b) { return {a.lo * b, a.hi * b}; }
 inline vd2 widen(vf x) {
-  const vh lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
-  const vh hi = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vh lo = __builtin_shufflevector(x, x, NNUNET_SSS_HALVES);
+  const vh hi = __builtin_shufflevector(x, x, NNUNET_SSS_UPPER);
   return {__builtin_convertvector(lo, vd), __builtin_convertvector(hi, vd)};
 }
 inline vf narrow(vd2 x) {
   const vh lo = __builtin_convertvector(x.lo, vh), hi = __builtin_convertvector(x.hi, vh);
-  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return __builtin_shufflevector(lo, hi, NNUNET_SSS_HALVES, NNUNET_SSS_UPPER);
 }
 
 // Loads and stores of one group of lanes; the last group of a block may be partial (its
@@ -106,11 +120,17 @@ struct Task {
   int64_t chunk_end(int64_t j) const { return std::min(length, (j + 1) * kChunk); }
 };
 
-// Runs fn(Lanes<true>) or fn(Lanes<false>) for group g of a task.
+// Runs fn(io, g) for every group of a task: io is Lanes<true> for the full groups,
+// Lanes<false> for a partial last one. The passes call it once per row or chunk, so that all
+// groups of a row are used while its cache lines are in L1: a row of 64 channels is 256 B, and
+// walking one group through the whole sequence at a time would stream every line once per
+// group (and the whole sequence's pages through the TLB again).
 template <typename Fn>
-inline void with_lanes(const Task& b, int g, Fn fn) {
-  if (b.valid(g) == kLanes) fn(Lanes<true>{kLanes});
-  else fn(Lanes<false>{b.valid(g)});
+inline void for_groups(const Task& b, Fn fn) {
+  for (int g = 0; g < b.groups; ++g) {
+    if (b.valid(g) == kLanes) fn(Lanes<true>{kLanes}, g);
+    else fn(Lanes<false>{b.valid(g)}, g);
+  }
 }
 
 // Per-group constants: key max, centre (value at the key max), lam = e^{-w/L} in fp32,
@@ -128,24 +148,26 @@ struct Consts {
 void block_consts(const Task& b, const float* k, const float* v, const float* w, const float* u,
                   const float* saved_max, const float* saved_centre, Consts& s) {
   const int64_t C = b.chans, L = b.length;
-  for (int g = 0; g < b.groups; ++g) {
-    with_lanes(b, g, [&](auto io) {
-      const int64_t c = b.c0 + g * kLanes;
-      if (saved_max) {
-        s.m[g] = io.load(saved_max + c);
-        s.centre[g] = io.load(saved_centre + c);
-        return;
-      }
-      vf m = splat(-std::numeric_limits<float>::infinity()), centre = splat(0.0f);
-      for (int64_t t = 0; t < L; ++t) {
-        const vf kk = io.load(k + t * C + g * kLanes), vv = io.load(v + t * C + g * kLanes);
-        const auto larger = kk > m;
-        m = larger ? kk : m;
-        centre = larger ? vv : centre;
-      }
-      s.m[g] = L == 0 ? splat(0.0f) : m;
-      s.centre[g] = centre;
+  if (saved_max) {
+    for_groups(b, [&](auto io, int g) {
+      s.m[g] = io.load(saved_max + b.c0 + g * kLanes);
+      s.centre[g] = io.load(saved_centre + b.c0 + g * kLanes);
     });
+  } else {
+    for (int g = 0; g < b.groups; ++g) {
+      s.m[g] = splat(-std::numeric_limits<float>::infinity());
+      s.centre[g] = splat(0.0f);
+    }
+    for (int64_t t = 0; t < L; ++t) {
+      for_groups(b, [&](auto io, int g) {
+        const vf kk = io.load(k + t * C + g * kLanes), vv = io.load(v + t * C + g * kLanes);
+        const auto larger = kk > s.m[g];
+        s.m[g] = larger ? kk : s.m[g];
+        s.centre[g] = larger ? vv : s.centre[g];
+      });
+    }
+    if (L == 0)
+      for (int g = 0; g < b.groups; ++g) s.m[g] = splat(0.0f);
   }
   const double inv_len = 1.0 / static_cast<double>(std::max<int64_t>(L, 1));
   const int64_t last = L - (b.chunks() - 1) * kChunk;
@@ -172,63 +194,67 @@ void forward_task(const Task& b, const float* k, const float* v, const float* w,
   k += b.c0; v += b.c0; y += b.c0; yc += b.c0; den += b.c0;
   Consts s;
   block_consts(b, k, v, w, u, nullptr, nullptr, s);
+  for_groups(b, [&](auto io, int g) {
+    io.store(k_max + b.c0 + g * kLanes, s.m[g]);
+    io.store(centre + b.c0 + g * kLanes, s.centre[g]);
+  });
   std::vector<vd2> carry(static_cast<size_t>(n_chunks) * 2 * G);  // prefix (a, b) at chunk starts
-  for (int g = 0; g < G; ++g) {
-    with_lanes(b, g, [&](auto io) {
-      io.store(k_max + b.c0 + g * kLanes, s.m[g]);
-      io.store(centre + b.c0 + g * kLanes, s.centre[g]);
+  vd2 a[kGroups] = {}, d[kGroups] = {};
+  for (int64_t j = 0; j < n_chunks; ++j) {  // pass A
+    for_groups(b, [&](auto io, int g) {
+      carry[(j * G + g) * 2] = a[g]; carry[(j * G + g) * 2 + 1] = d[g];
       const vf m = s.m[g], ctr = s.centre[g], lam = s.lam[g];
-      vd2 a{}, d{};
-      for (int64_t j = 0; j < n_chunks; ++j) {  // pass A
-        carry[(j * G + g) * 2] = a; carry[(j * G + g) * 2 + 1] = d;
-        vf la{}, ld{};
-        for (int64_t t = j * kChunk; t < b.chunk_end(j); ++t) {
-          const int64_t off = t * C + g * kLanes;
-          const vf e = exp_diff(io.load(k + off), m);
-          const vf ev = e * (io.load(v + off) - ctr);
-          io.store(den + off, e);  // parked for pass B
-          io.store(yc + off, ev);
-          la = lam * la + ev;
-          ld = lam * ld + e;
-        }
-        a = s.lam_chunk[g] * a + widen(la);
-        d = s.lam_chunk[g] * d + widen(ld);
-      }
-      vf buf[kChunk * 2];
-      vd2 sa{}, sd{};  // suffix states
-      for (int64_t j = n_chunks - 1; j >= 0; --j) {  // pass B
-        const int64_t t0 = j * kChunk, t1 = b.chunk_end(j);
-        const vf bonus = s.bonus[g];
-        vf pa = narrow(carry[(j * G + g) * 2]), pd = narrow(carry[(j * G + g) * 2 + 1]);
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t off = t * C + g * kLanes;
-          buf[2 * (t - t0)] = pa; buf[2 * (t - t0) + 1] = pd;
-          pa = lam * pa + io.load(yc + off);
-          pd = lam * pd + io.load(den + off);
-        }
-        vf xa = narrow(sa), xd = narrow(sd), la{}, ld{};
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t off = t * C + g * kLanes;
-          const vf e = io.load(den + off), ev = io.load(yc + off);
-          const vf num = buf[2 * (t - t0)] + xa + bonus * ev;
-          const vf de = buf[2 * (t - t0) + 1] + xd + bonus * e;
-          const vf ratio = num / de;
-          io.store(yc + off, ratio);
-          io.store(y + off, ratio + ctr);
-          io.store(den + off, de);
-          xa = lam * xa + ev; xd = lam * xd + e;
-          la = lam * la + ev; ld = lam * ld + e;
-        }
-        const vd2 lam_n = s.lam_steps(g, t1 - t0, b);
-        sa = lam_n * sa + widen(la);
-        sd = lam_n * sd + widen(ld);
-      }
-      for (int64_t t = b.length; t < b.t_max; ++t) {
+      vf la{}, ld{};
+      for (int64_t t = j * kChunk; t < b.chunk_end(j); ++t) {
         const int64_t off = t * C + g * kLanes;
-        io.store(y + off, splat(0.0f));
-        io.store(yc + off, splat(0.0f));
-        io.store(den + off, splat(1.0f));
+        const vf e = exp_diff(io.load(k + off), m);
+        const vf ev = e * (io.load(v + off) - ctr);
+        io.store(den + off, e);  // parked for pass B
+        io.store(yc + off, ev);
+        la = lam * la + ev;
+        ld = lam * ld + e;
       }
+      a[g] = s.lam_chunk[g] * a[g] + widen(la);
+      d[g] = s.lam_chunk[g] * d[g] + widen(ld);
+    });
+  }
+  vd2 sa[kGroups] = {}, sd[kGroups] = {};  // suffix states
+  for (int64_t j = n_chunks - 1; j >= 0; --j) {  // pass B
+    const int64_t t0 = j * kChunk, t1 = b.chunk_end(j);
+    for_groups(b, [&](auto io, int g) {
+      const vf ctr = s.centre[g], lam = s.lam[g], bonus = s.bonus[g];
+      vf buf[kChunk * 2];
+      vf pa = narrow(carry[(j * G + g) * 2]), pd = narrow(carry[(j * G + g) * 2 + 1]);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t off = t * C + g * kLanes;
+        buf[2 * (t - t0)] = pa; buf[2 * (t - t0) + 1] = pd;
+        pa = lam * pa + io.load(yc + off);
+        pd = lam * pd + io.load(den + off);
+      }
+      vf xa = narrow(sa[g]), xd = narrow(sd[g]), la{}, ld{};
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t off = t * C + g * kLanes;
+        const vf e = io.load(den + off), ev = io.load(yc + off);
+        const vf num = buf[2 * (t - t0)] + xa + bonus * ev;
+        const vf de = buf[2 * (t - t0) + 1] + xd + bonus * e;
+        const vf ratio = num / de;
+        io.store(yc + off, ratio);
+        io.store(y + off, ratio + ctr);
+        io.store(den + off, de);
+        xa = lam * xa + ev; xd = lam * xd + e;
+        la = lam * la + ev; ld = lam * ld + e;
+      }
+      const vd2 lam_n = s.lam_steps(g, t1 - t0, b);
+      sa[g] = lam_n * sa[g] + widen(la);
+      sd[g] = lam_n * sd[g] + widen(ld);
+    });
+  }
+  for (int64_t t = b.length; t < b.t_max; ++t) {
+    for_groups(b, [&](auto io, int g) {
+      const int64_t off = t * C + g * kLanes;
+      io.store(y + off, splat(0.0f));
+      io.store(yc + off, splat(0.0f));
+      io.store(den + off, splat(1.0f));
     });
   }
 }
@@ -244,83 +270,102 @@ void backward_task(const Task& b, const float* gy, const float* k, const float* 
   // prefix states at chunk starts: P, Q (scans of p, q) and P2, Q2 (distance-weighted)
   std::vector<vd2> carry(static_cast<size_t>(n_chunks) * 4 * G);
   const double inv_len = 1.0 / static_cast<double>(std::max<int64_t>(b.length, 1));
-  for (int g = 0; g < G; ++g) {
-    with_lanes(b, g, [&](auto io) {
-      const vf m = s.m[g], ctr = s.centre[g], lam = s.lam[g], bonus = s.bonus[g];
-      vd2 P{}, Q{}, P2{}, Q2{};
-      for (int64_t j = 0; j < n_chunks; ++j) {  // pass A
-        vd2* keep = &carry[(j * G + g) * 4];
-        keep[0] = P; keep[1] = Q; keep[2] = P2; keep[3] = Q2;
-        vf lp{}, lq{}, lp2{}, lq2{};
-        for (int64_t t = j * kChunk; t < b.chunk_end(j); ++t) {
-          const int64_t off = t * C + g * kLanes;
-          const vf p = io.load(gy + off) / io.load(den + off);
-          const vf q = -p * io.load(yc + off);
-          io.store(gv + off, p);  // parked for pass B
-          io.store(gk + off, q);
-          lp2 = lam * (lp2 + lp); lq2 = lam * (lq2 + lq);
-          lp = lam * lp + p; lq = lam * lq + q;
-        }
-        const vd2 lam_n = s.lam_chunk[g];
-        P2 = lam_n * (P2 + P * static_cast<double>(kChunk)) + widen(lp2);
-        Q2 = lam_n * (Q2 + Q * static_cast<double>(kChunk)) + widen(lq2);
-        P = lam_n * P + widen(lp);
-        Q = lam_n * Q + widen(lq);
+  vd2 P[kGroups] = {}, Q[kGroups] = {}, P2[kGroups] = {}, Q2[kGroups] = {};
+  for (int64_t j = 0; j < n_chunks; ++j) {  // pass A
+    for_groups(b, [&](auto io, int g) {
+      const vf lam = s.lam[g];
+      vd2* keep = &carry[(j * G + g) * 4];
+      keep[0] = P[g]; keep[1] = Q[g]; keep[2] = P2[g]; keep[3] = Q2[g];
+      vf lp{}, lq{}, lp2{}, lq2{};
+      for (int64_t t = j * kChunk; t < b.chunk_end(j); ++t) {
+        const int64_t off = t * C + g * kLanes;
+        const vf p = io.load(gy + off) / io.load(den + off);
+        const vf q = -p * io.load(yc + off);
+        io.store(gv + off, p);  // parked for pass B
+        io.store(gk + off, q);
+        lp2 = lam * (lp2 + lp); lq2 = lam * (lq2 + lq);
+        lp = lam * lp + p; lq = lam * lq + q;
       }
-      vf buf[kChunk * 4];
-      vd2 S{}, R{}, S2{}, R2{}, sum_w{}, sum_u{};
-      for (int64_t j = n_chunks - 1; j >= 0; --j) {  // pass B
-        const int64_t t0 = j * kChunk, t1 = b.chunk_end(j);
-        const vd2* keep = &carry[(j * G + g) * 4];
-        vf pp = narrow(keep[0]), qq = narrow(keep[1]), pp2 = narrow(keep[2]), qq2 = narrow(keep[3]);
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t off = t * C + g * kLanes;
-          vf* row = buf + 4 * (t - t0);
-          row[0] = pp; row[1] = qq; row[2] = pp2; row[3] = qq2;
-          const vf p = io.load(gv + off), q = io.load(gk + off);
-          pp2 = lam * (pp2 + pp); qq2 = lam * (qq2 + qq);
-          pp = lam * pp + p; qq = lam * qq + q;
-        }
-        vf xs = narrow(S), xr = narrow(R), xs2 = narrow(S2), xr2 = narrow(R2);
-        vf ls{}, lr{}, ls2{}, lr2{}, acc_w{}, acc_u{};
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t off = t * C + g * kLanes;
-          const vf* row = buf + 4 * (t - t0);
-          const vf p = io.load(gv + off), q = io.load(gk + off);
-          const vf e = exp_diff(io.load(k + off), m);
-          const vf vc = io.load(v + off) - ctr;
-          const vf grad_v = e * (bonus * p + row[0] + xs);
-          io.store(gv + off, grad_v);
-          io.store(gk + off, vc * grad_v + e * (bonus * q + row[1] + xr));
-          acc_w += e * (vc * (row[2] + xs2) + row[3] + xr2);
-          acc_u += e * (p * vc + q);
-          xs2 = lam * (xs2 + xs); xr2 = lam * (xr2 + xr);
-          xs = lam * xs + p; xr = lam * xr + q;
-          ls2 = lam * (ls2 + ls); lr2 = lam * (lr2 + lr);
-          ls = lam * ls + p; lr = lam * lr + q;
-        }
-        const vd2 lam_n = s.lam_steps(g, t1 - t0, b);
-        const double n = static_cast<double>(t1 - t0);
-        S2 = lam_n * (S2 + S * n) + widen(ls2);
-        R2 = lam_n * (R2 + R * n) + widen(lr2);
-        S = lam_n * S + widen(ls);
-        R = lam_n * R + widen(lr);
-        sum_w = sum_w + widen(acc_w);
-        sum_u = sum_u + widen(acc_u);
-      }
-      double dw[kLanes], du[kLanes];  // chain rule through w' = w / L, u' = u / L
-      std::memcpy(dw, &sum_w, sizeof(dw));
-      std::memcpy(du, &sum_u, sizeof(du));
-      for (int i = 0; i < io.valid; ++i) {
-        gw[b.c0 + g * kLanes + i] = -dw[i] * inv_len;
-        gu[b.c0 + g * kLanes + i] = s.bonus_d[g][i] * du[i] * inv_len;
-      }
-      for (int64_t t = b.length; t < b.t_max; ++t) {
-        io.store(gv + t * C + g * kLanes, splat(0.0f));
-        io.store(gk + t * C + g * kLanes, splat(0.0f));
-      }
+      const vd2 lam_n = s.lam_chunk[g];
+      P2[g] = lam_n * (P2[g] + P[g] * static_cast<double>(kChunk)) + widen(lp2);
+      Q2[g] = lam_n * (Q2[g] + Q[g] * static_cast<double>(kChunk)) + widen(lq2);
+      P[g] = lam_n * P[g] + widen(lp);
+      Q[g] = lam_n * Q[g] + widen(lq);
     });
   }
+  vd2 S[kGroups] = {}, R[kGroups] = {}, S2[kGroups] = {}, R2[kGroups] = {};
+  vd2 sum_w[kGroups] = {}, sum_u[kGroups] = {};
+  for (int64_t j = n_chunks - 1; j >= 0; --j) {  // pass B
+    const int64_t t0 = j * kChunk, t1 = b.chunk_end(j);
+    for_groups(b, [&](auto io, int g) {
+      const vf m = s.m[g], ctr = s.centre[g], lam = s.lam[g], bonus = s.bonus[g];
+      vf buf[kChunk * 4];
+      const vd2* keep = &carry[(j * G + g) * 4];
+      vf pp = narrow(keep[0]), qq = narrow(keep[1]), pp2 = narrow(keep[2]), qq2 = narrow(keep[3]);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t off = t * C + g * kLanes;
+        vf* row = buf + 4 * (t - t0);
+        row[0] = pp; row[1] = qq; row[2] = pp2; row[3] = qq2;
+        const vf p = io.load(gv + off), q = io.load(gk + off);
+        pp2 = lam * (pp2 + pp); qq2 = lam * (qq2 + qq);
+        pp = lam * pp + p; qq = lam * qq + q;
+      }
+      vf xs = narrow(S[g]), xr = narrow(R[g]), xs2 = narrow(S2[g]), xr2 = narrow(R2[g]);
+      vf ls{}, lr{}, ls2{}, lr2{}, acc_w{}, acc_u{};
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t off = t * C + g * kLanes;
+        const vf* row = buf + 4 * (t - t0);
+        const vf p = io.load(gv + off), q = io.load(gk + off);
+        const vf e = exp_diff(io.load(k + off), m);
+        const vf vc = io.load(v + off) - ctr;
+        const vf grad_v = e * (bonus * p + row[0] + xs);
+        io.store(gv + off, grad_v);
+        io.store(gk + off, vc * grad_v + e * (bonus * q + row[1] + xr));
+        acc_w += e * (vc * (row[2] + xs2) + row[3] + xr2);
+        acc_u += e * (p * vc + q);
+        xs2 = lam * (xs2 + xs); xr2 = lam * (xr2 + xr);
+        xs = lam * xs + p; xr = lam * xr + q;
+        ls2 = lam * (ls2 + ls); lr2 = lam * (lr2 + lr);
+        ls = lam * ls + p; lr = lam * lr + q;
+      }
+      const vd2 lam_n = s.lam_steps(g, t1 - t0, b);
+      const double n = static_cast<double>(t1 - t0);
+      S2[g] = lam_n * (S2[g] + S[g] * n) + widen(ls2);
+      R2[g] = lam_n * (R2[g] + R[g] * n) + widen(lr2);
+      S[g] = lam_n * S[g] + widen(ls);
+      R[g] = lam_n * R[g] + widen(lr);
+      sum_w[g] = sum_w[g] + widen(acc_w);
+      sum_u[g] = sum_u[g] + widen(acc_u);
+    });
+  }
+  for_groups(b, [&](auto io, int g) {
+    double dw[kLanes], du[kLanes];  // chain rule through w' = w / L, u' = u / L
+    std::memcpy(dw, &sum_w[g], sizeof(dw));
+    std::memcpy(du, &sum_u[g], sizeof(du));
+    for (int i = 0; i < io.valid; ++i) {
+      gw[b.c0 + g * kLanes + i] = -dw[i] * inv_len;
+      gu[b.c0 + g * kLanes + i] = s.bonus_d[g][i] * du[i] * inv_len;
+    }
+  });
+  for (int64_t t = b.length; t < b.t_max; ++t) {
+    for_groups(b, [&](auto io, int g) {
+      io.store(gv + t * C + g * kLanes, splat(0.0f));
+      io.store(gk + t * C + g * kLanes, splat(0.0f));
+    });
+  }
+}
+
+// Asks Linux to back the 2 MiB-aligned part of a fresh output with transparent huge pages
+// (where THP is in `madvise` mode, the common default). The outputs are written once, page
+// by page: with 4 KiB pages, faulting them in costs more than the scans themselves once the
+// tensors outgrow the allocator's cache (tens of MiB), and the cost grows with T.
+void advise_huge_pages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t{1} << 21;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(huge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only
+#endif
 }
 
 // Calls fn(n, task) for every (sequence, 64-channel block), in parallel where it pays.
@@ -347,6 +392,7 @@ extern "C" {
 void bi_wkv_forward(const float* k, const float* v, const float* w, const float* u,
                     const int64_t* lengths, int64_t N, int64_t T, int64_t C, float* y, float* yc,
                     float* den, float* k_max, float* centre, int threads) {
+  for (float* out : {y, yc, den}) advise_huge_pages(out, N * T * C * sizeof(float));
   for_tasks(N, T, C, lengths, threads, [&](int64_t n, const Task& b) {
     const int64_t off = n * T * C;
     forward_task(b, k + off, v + off, w, u, y + off, yc + off, den + off, k_max + n * C, centre + n * C);
@@ -358,6 +404,7 @@ void bi_wkv_backward(const float* gy, const float* k, const float* v, const floa
                      const int64_t* lengths, int64_t N, int64_t T, int64_t C, const float* yc,
                      const float* den, const float* k_max, const float* centre, float* gk, float* gv,
                      double* grad_w_seq, double* grad_u_seq, int threads) {
+  for (float* out : {gk, gv}) advise_huge_pages(out, N * T * C * sizeof(float));
   for_tasks(N, T, C, lengths, threads, [&](int64_t n, const Task& b) {
     const int64_t off = n * T * C;
     backward_task(b, gy + off, k + off, v + off, w, u, yc + off, den + off, k_max + n * C,

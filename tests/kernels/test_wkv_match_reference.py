@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnunet_sss.kernels import bi_wkv
-from wkv_testing import BACKENDS, TOLERANCE, cached_case, device_of, errors, op_and_grads
+from wkv_testing import BACKENDS, FP32_BACKENDS, TOLERANCE, cached_case, device_of, errors, op_and_grads
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -42,3 +42,15 @@ def test_float64_gradcheck(backend):
         assert torch.autograd.gradcheck(fn, (k, v, w, u))
     else:
         assert torch.autograd.gradcheck(fn, (k, v, w, u), eps=1e-3, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+@pytest.mark.parametrize("c", [13, 77, 136])
+def test_channel_blocks_with_a_partial_vector(c, backend):
+    """Channel counts beyond the grid's: the C++ kernel works on blocks of 64 channels in
+    vectors of 8 (AVX2) or 16 (AVX-512) lanes, the Triton kernel in blocks of its own; these
+    end a block with a partial vector after full ones (77 = 64 + 8 + 5), a lone partial one
+    (13) or full ones only (136 = 2 x 64 + 8), so every load and store path meets every other."""
+    (k, v, w, u, grad_y), reference = cached_case(2, 50, c, seed=c)
+    errs = errors(op_and_grads(k, v, w, u, grad_y, backend=backend), reference)
+    assert max(errs.values()) <= TOLERANCE, errs
