@@ -154,17 +154,26 @@ void block_consts(const Task& b, const float* k, const float* v, const float* w,
       s.centre[g] = io.load(saved_centre + b.c0 + g * kLanes);
     });
   } else {
+    // The key max's position per lane; the centre is read from v afterwards, so this pass
+    // streams the keys only.
+    vi at[kGroups];
     for (int g = 0; g < b.groups; ++g) {
       s.m[g] = splat(-std::numeric_limits<float>::infinity());
-      s.centre[g] = splat(0.0f);
+      at[g] = vi{};
     }
     for (int64_t t = 0; t < L; ++t) {
+      const vi here = vi{} + static_cast<int32_t>(t);
       for_groups(b, [&](auto io, int g) {
-        const vf kk = io.load(k + t * C + g * kLanes), vv = io.load(v + t * C + g * kLanes);
+        const vf kk = io.load(k + t * C + g * kLanes);
         const auto larger = kk > s.m[g];
         s.m[g] = larger ? kk : s.m[g];
-        s.centre[g] = larger ? vv : s.centre[g];
+        at[g] = larger ? here : at[g];
       });
+    }
+    for (int g = 0; g < b.groups; ++g) {
+      s.centre[g] = splat(0.0f);
+      for (int i = 0; i < b.valid(g) && L > 0; ++i)
+        s.centre[g][i] = v[static_cast<int64_t>(at[g][i]) * C + g * kLanes + i];
     }
     if (L == 0)
       for (int g = 0; g < b.groups; ++g) s.m[g] = splat(0.0f);
