@@ -170,13 +170,12 @@ void block_consts(const Task& b, const float* k, const float* v, const float* w,
         at[g] = larger ? here : at[g];
       });
     }
-    for (int g = 0; g < b.groups; ++g) {
+    for (int g = 0; g < b.groups; ++g) {  // an empty sequence: max and centre 0
       s.centre[g] = splat(0.0f);
-      for (int i = 0; i < b.valid(g) && L > 0; ++i)
+      if (L == 0) s.m[g] = splat(0.0f);
+      else for (int i = 0; i < b.valid(g); ++i)
         s.centre[g][i] = v[static_cast<int64_t>(at[g][i]) * C + g * kLanes + i];
     }
-    if (L == 0)
-      for (int g = 0; g < b.groups; ++g) s.m[g] = splat(0.0f);
   }
   const double inv_len = 1.0 / static_cast<double>(std::max<int64_t>(L, 1));
   const int64_t last = L - (b.chunks() - 1) * kChunk;
