@@ -20,6 +20,12 @@ NETWORK_DEFAULTS = MappingProxyType({
     "upsample": "dynamic",
     "rwkv_checkpoint": True,  # recompute block activations in backward: memory, not the model
     "rwkv_first_stage": 0,  # stages before it keep the plans' convs
+    "wkv_mixer": "wkv",
+    "wkv_decay": "window",
+    "layer_scale": None,
+    "block_placement": "replace",
+    "merge_equal_windows": False,
+    "patch_size": None,  # filled in by the trainer from the configuration when an option needs it
 })
 
 # S is the network's defaults (one Stage-Scan block per stage, the block taking the place of the

@@ -1,7 +1,9 @@
 """The Stage-Scan block: a global layer (large windows) then a local layer (small windows).
 
 Each layer is a pre-norm residual pair, x + SpatialMix(LN(x)) then x + ChannelMix(LN(x)), on
-channels-last tokens (B, *S, C). The scan orders are put back in place inside the spatial mix
+channels-last tokens (B, *S, C). With `layer_scale` each branch is multiplied by a learned
+per-channel scale that starts at that small value (CaiT's LayerScale), so an untrained branch
+starts near silent instead of adding 0.4 of its residual in noise. The scan orders are put back in place inside the spatial mix
 (inverse permutation) before any residual add. `RWKVStage` wraps a stage's blocks and converts
 the conv path's (B, C, *S) maps to tokens and back once per stage, not once per block.
 
@@ -54,18 +56,29 @@ class RWKVLayer(nn.Module):
 
     def __init__(self, channels: int, n_dims: int, window: Tuple[Optional[int], ...], pool: Tuple[int, ...],
                  hidden_ratio: float, scan_mode: str, shift_mode: str, layer_id: int, n_layers: int,
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, mixer: str = "wkv", decay: str = "window",
+                 layer_scale: Optional[float] = None):
         super().__init__()
         self.checkpoint = checkpoint
         self.norm1 = nn.LayerNorm(channels)
-        self.spatial_mix = SpatialMix(channels, n_dims, window, pool, scan_mode, shift_mode, layer_id, n_layers)
+        self.spatial_mix = SpatialMix(channels, n_dims, window, pool, scan_mode, shift_mode, layer_id, n_layers,
+                                      mixer, decay)
         self.norm2 = nn.LayerNorm(channels)
         self.channel_mix = ChannelMix(channels, hidden_ratio, self.spatial_mix.shift_windows(), layer_id, n_layers)
+        if layer_scale is None:
+            self.scale1 = self.scale2 = None
+        else:
+            self.scale1 = nn.Parameter(torch.full((channels,), float(layer_scale)))
+            self.scale2 = nn.Parameter(torch.full((channels,), float(layer_scale)))
+
+    @staticmethod
+    def _residual(x: Tensor, branch: Tensor, scale: Optional[Tensor]) -> Tensor:
+        return x + branch if scale is None else torch.addcmul(x, branch, scale)
 
     def _forward(self, x: Tensor) -> Tensor:
         x = x.contiguous()  # the stage's channels-last view of its conv output: copied here, inside the checkpoint
-        x = x + self.spatial_mix(self.norm1(x))
-        return x + self.channel_mix(self.norm2(x))
+        x = self._residual(x, self.spatial_mix(self.norm1(x)), self.scale1)
+        return self._residual(x, self.channel_mix(self.norm2(x)), self.scale2)
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.checkpoint and torch.is_grad_enabled() and x.requires_grad):
@@ -78,15 +91,19 @@ class StageScanBlock(nn.Module):
     """Global layer then local layer; `layer_id` counts layers over the whole encoder."""
 
     def __init__(self, channels: int, n_dims: int, global_window, local_window, pool, hidden_ratio: float,
-                 scan_mode: str, shift_mode: str, layer_id: int, n_layers: int, checkpoint: bool = False):
+                 scan_mode: str, shift_mode: str, layer_id: int, n_layers: int, checkpoint: bool = False,
+                 single_layer: bool = False, **layer_options):
         super().__init__()
         common = dict(channels=channels, n_dims=n_dims, pool=pool, hidden_ratio=hidden_ratio,
-                      scan_mode=scan_mode, shift_mode=shift_mode, n_layers=n_layers, checkpoint=checkpoint)
+                      scan_mode=scan_mode, shift_mode=shift_mode, n_layers=n_layers, checkpoint=checkpoint,
+                      **layer_options)
         self.global_layer = RWKVLayer(window=global_window, layer_id=layer_id, **common)
-        self.local_layer = RWKVLayer(window=local_window, layer_id=layer_id + 1, **common)
+        # `single_layer`: where the two windows are the same window, the local layer would repeat the global one
+        self.local_layer = None if single_layer else RWKVLayer(window=local_window, layer_id=layer_id + 1, **common)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.local_layer(self.global_layer(x))
+        x = self.global_layer(x)
+        return x if self.local_layer is None else self.local_layer(x)
 
 
 class RWKVStage(nn.Module):

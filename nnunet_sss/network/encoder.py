@@ -7,6 +7,10 @@ Plans with one conv per stage still get `depth` blocks (the block depth is RWKV-
 option); ResEnc plans reach here with their block counts as conv counts, which matter only
 where depth is 0. The module layout (`stages[s][0]` the conv block, `stages[s][1]` the blocks)
 keeps PlainConvUNet's key to the first conv: `stages.0.0.convs.0.conv`.
+
+With `placement="after"` a stage with blocks keeps all its plans convs and the blocks follow
+them (context added to the local filters instead of traded for one). With `single_layer_stages`
+the blocks of those stages have one layer (see unet.py, `merge_equal_windows`).
 """
 from __future__ import annotations
 
@@ -25,16 +29,17 @@ class RWKVSSSEncoder(nn.Module):
     def __init__(self, input_channels: int, features_per_stage: Sequence[int], conv_op, kernel_sizes,
                  strides, n_conv_per_stage: Sequence[int], depths: Sequence[int], windows: Sequence[Tuple],
                  pools: Sequence[Tuple[int, ...]], hidden_ratio: float, scan_mode: str, shift_mode: str,
-                 checkpoint: bool = False, conv_bias=False, norm_op=None, norm_op_kwargs=None, dropout_op=None, dropout_op_kwargs=None,
+                 checkpoint: bool = False, placement: str = "replace", single_layer_stages: Sequence[int] = (),
+                 layer_options: dict = None, conv_bias=False, norm_op=None, norm_op_kwargs=None, dropout_op=None, dropout_op_kwargs=None,
                  nonlin=None, nonlin_kwargs=None, nonlin_first=False):
         super().__init__()
         n_dims = len(maybe_convert_scalar_to_list(conv_op, 1))
         global_window, local_window = windows
-        n_layers = 2 * sum(depths)
+        n_layers = sum(d * (1 if s in single_layer_stages else 2) for s, d in enumerate(depths))
         layer_id = 0
         stages = []
         for s, features in enumerate(features_per_stage):
-            n_convs = 1 if depths[s] > 0 else n_conv_per_stage[s]
+            n_convs = 1 if depths[s] > 0 and placement == "replace" else n_conv_per_stage[s]
             convs = StackedConvBlocks(n_convs, conv_op, input_channels, features, kernel_sizes[s], strides[s],
                                       conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs,
                                       nonlin, nonlin_kwargs, nonlin_first)
@@ -42,10 +47,11 @@ class RWKVSSSEncoder(nn.Module):
             if depths[s] > 0:
                 blocks = []
                 for _ in range(depths[s]):
+                    single = s in single_layer_stages
                     blocks.append(StageScanBlock(features, n_dims, global_window, local_window, pools[s],
                                                  hidden_ratio, scan_mode, shift_mode, layer_id, n_layers,
-                                                 checkpoint))
-                    layer_id += 2
+                                                 checkpoint, single, **(layer_options or {})))
+                    layer_id += 1 if single else 2
                 modules.append(RWKVStage(blocks))
             stages.append(nn.Sequential(*modules))
             input_channels = features
@@ -60,6 +66,7 @@ class RWKVSSSEncoder(nn.Module):
         self.scan_mode = scan_mode
         self.hidden_ratio = hidden_ratio
         self.checkpoint = checkpoint
+        self.single_layer_stages = tuple(single_layer_stages)
         # what a decoder needs, as PlainConvEncoder stores it
         self.conv_op, self.conv_bias = conv_op, conv_bias
         self.norm_op, self.norm_op_kwargs = norm_op, norm_op_kwargs
@@ -82,6 +89,7 @@ class RWKVSSSEncoder(nn.Module):
             output += stage[0].compute_conv_feature_map_size(input_size)
             input_size = [i // j for i, j in zip(input_size, self.strides[s])]
             if self.depths[s]:
-                blocks.append((input_size, self.output_channels[s], self.windows, self.pools[s], self.hidden_ratio,
+                windows = self.windows[:1] if s in self.single_layer_stages else self.windows
+                blocks.append((input_size, self.output_channels[s], windows, self.pools[s], self.hidden_ratio,
                                n_orders, self.depths[s]))
         return output + np.int64(rwkv_activations(blocks, self.checkpoint))

@@ -35,6 +35,14 @@ def wkv_decay_init(channels: int, layer_id: int, n_layers: int) -> torch.Tensor:
     return -5 + 8 * h ** (0.7 + 1.3 * r01)
 
 
+def token_decay_init(channels: int, nearest: float = 1.0, farthest: float = 1 / 1024) -> torch.Tensor:
+    """log of a per-token decay w' graded log-uniformly over the channels from `nearest` (a weight
+    of e^-1 one token further: about one token) to `farthest` (about a thousand tokens), for the
+    spatial mix's "token" decay, whose w' = exp(parameter) stays positive."""
+    ramp = torch.arange(channels, dtype=torch.float32) / max(channels - 1, 1)
+    return math.log(nearest) + ramp * (math.log(farthest) - math.log(nearest))
+
+
 def wkv_bonus_init(channels: int) -> torch.Tensor:
     """Per-channel bonus u: log(0.3) with a +-0.5 zigzag over channels."""
     zigzag = ((torch.arange(channels) + 1) % 3 - 1).float() * 0.5

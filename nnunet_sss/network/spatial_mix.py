@@ -15,6 +15,17 @@ tokens of the map the WKV runs on; the token shift uses the same windows at full
 
 The WKV and the merge of the scan orders run in float32 even under fp16 autocast (a sum of
 several scans overflowed fp16 in Vision Mamba); the merge weights are a softmax, summing to 1.
+
+Two switches isolate what the WKV itself adds (everything else of the mix stays):
+- `mixer`: "wkv" (Bi-WKV), "mean" (every token gets the mean of v over its window: a pooling
+  mixer, as in PoolFormer) or "identity" (y = v: no token mixing at all).
+- `decay`: "window" (Vision-RWKV's w/T and u/T, so a window's locality depends on its length T)
+  or "token": the decay acts per token, w' = exp(decay) > 0, graded over the channels at init
+  from about one token to about a thousand (`token_decay_init`), so some channels are local
+  from the first step whatever the window. The operator divides by the sequence length itself,
+  so it is handed w' T and u T, with T the longest window of the partition (a window cut shorter
+  at the map border decays up to T / T_n faster), w' T capped at TOKEN_DECAY_CAP (the O(T)
+  PyTorch path's exponents must stay within float64).
 """
 from __future__ import annotations
 
@@ -26,9 +37,13 @@ from torch import Tensor, nn
 from nnunet_sss.kernels import bi_wkv
 
 from .fused import gate_project, shift_mix_project
-from .init import mix_init, wkv_bonus_init, wkv_decay_init
+from .init import mix_init, token_decay_init, wkv_bonus_init, wkv_decay_init
 from .scan import axis_orders, scan, scan_plan, sequence_lengths, unscan
 from .shift import shift_starts
+
+MIXERS = ("wkv", "mean", "identity")
+DECAYS = ("window", "token")
+TOKEN_DECAY_CAP = 500.0  # max of w' T in "token" mode; exp(500) is far inside float64
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -40,24 +55,35 @@ class SpatialMix(nn.Module):
     """Vision-RWKV's spatial mix over windows, with several snake scan orders merged."""
 
     def __init__(self, channels: int, n_dims: int, window: Tuple[Optional[int], ...], pool: Tuple[int, ...],
-                 scan_mode: str = "stage", shift_mode: str = "window", layer_id: int = 0, n_layers: int = 1):
+                 scan_mode: str = "stage", shift_mode: str = "window", layer_id: int = 0, n_layers: int = 1,
+                 mixer: str = "wkv", decay: str = "window"):
         super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}: expected one of {MIXERS}")
+        if decay not in DECAYS:
+            raise ValueError(f"unknown decay {decay!r}: expected one of {DECAYS}")
+        self.mixer, self.decay_mode = mixer, decay
         self.n_dims, self.window, self.pool = n_dims, tuple(window), tuple(pool)
         self.orders = axis_orders(n_dims, scan_mode)
         self.snake = scan_mode == "stage"
         self.shift_mode = shift_mode
         self.receptance = nn.Linear(channels, channels, bias=False)
-        self.key = nn.Linear(channels, channels, bias=False)
         self.value = nn.Linear(channels, channels, bias=False)
         self.output = nn.Linear(channels, channels, bias=False)
         self.norm = nn.LayerNorm(channels)
-        self.decay = nn.Parameter(wkv_decay_init(channels, layer_id, n_layers))
-        self.bonus = nn.Parameter(wkv_bonus_init(channels))
-        self.mix_k = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
+        if mixer == "wkv":  # keys, decay and bonus exist only for the WKV
+            self.key = nn.Linear(channels, channels, bias=False)
+            self.decay = nn.Parameter(token_decay_init(channels) if decay == "token"
+                                      else wkv_decay_init(channels, layer_id, n_layers))
+            self.bonus = nn.Parameter(wkv_bonus_init(channels))
+            self.mix_k = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
+        else:
+            self.key = self.decay = self.bonus = self.mix_k = None
         self.mix_v = nn.Parameter(mix_init(channels, layer_id, n_layers, "v"))
         self.mix_r = nn.Parameter(mix_init(channels, layer_id, n_layers, "r"))
         # learned weights of the scan orders (softmax); a single order needs none
-        self.scan_logits = nn.Parameter(torch.zeros(len(self.orders))) if len(self.orders) > 1 else None
+        self.scan_logits = nn.Parameter(torch.zeros(len(self.orders))) \
+            if len(self.orders) > 1 and mixer == "wkv" else None
 
     def shift_windows(self):
         """(window, pool) of the token shift: the WKV's windows mapped to full resolution, or
@@ -70,15 +96,42 @@ class SpatialMix(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, size, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
         pool = tuple(min(p, s) for p, s in zip(self.pool, size))
-        r, k, v = shift_mix_project(x, shift_starts(size, *self.shift_windows()), pool,
-                                    full=[(self.receptance.weight, self.mix_r)],
-                                    low=[(self.key.weight, self.mix_k), (self.value.weight, self.mix_v)])
-        wkv_size = k.shape[1:-1]
-        k, v = (at_least_fp32(t).reshape(batch, -1, channels) for t in (k, v))
-        plan = scan_plan(wkv_size, self.window, self.orders, self.snake, x.device)
-        y = bi_wkv(scan(k, plan), scan(v, plan), self.decay, self.bonus, lengths=sequence_lengths(plan, batch))
-        y = self.norm(unscan(y, plan, self.scan_weights()).view(batch, *wkv_size, channels))
+        low = [(self.value.weight, self.mix_v)] if self.key is None else \
+            [(self.key.weight, self.mix_k), (self.value.weight, self.mix_v)]
+        r, *kv = shift_mix_project(x, shift_starts(size, *self.shift_windows()), pool,
+                                   full=[(self.receptance.weight, self.mix_r)], low=low)
+        wkv_size = kv[-1].shape[1:-1]
+        *k, v = (at_least_fp32(t).reshape(batch, -1, channels) for t in kv)
+        y = self.norm(self.mix_tokens(k[0] if k else None, v, wkv_size).view(batch, *wkv_size, channels))
         return gate_project(r, y, self.output.weight, pool)
 
+    def wkv_parameters(self, seq_len: int) -> Tuple[Tensor, Tensor]:
+        """(w, u) as the operator takes them (it divides both by the sequence length)."""
+        if self.decay_mode == "window":
+            return self.decay, self.bonus
+        return torch.exp(self.decay).mul(seq_len).clamp(max=TOKEN_DECAY_CAP), self.bonus * seq_len
+
+    def mix_tokens(self, k: Tensor, v: Tensor, wkv_size) -> Tensor:
+        """(B, S', C) keys (None unless the mixer is the WKV) and values on the WKV grid ->
+        (B, S', C) mixed values, per `mixer`."""
+        if self.mixer == "identity":
+            return v
+        batch = v.shape[0]
+        if self.mixer == "mean":  # order-free: one scan order suffices
+            plan = scan_plan(wkv_size, self.window, self.orders[:1], self.snake, v.device)
+            seq = scan(v, plan)
+            if plan.valid is not None:
+                seq = seq * plan.valid.view(plan.n_windows, plan.seq_len, 1).repeat(batch, 1, 1)
+                count = sequence_lengths(plan, batch).view(-1, 1, 1).to(seq.dtype)
+            else:
+                count = plan.seq_len
+            mean = seq.sum(1, keepdim=True) / count
+            return unscan(mean.expand_as(seq), plan)
+        plan = scan_plan(wkv_size, self.window, self.orders, self.snake, v.device)
+        w, u = self.wkv_parameters(plan.seq_len)
+        y = bi_wkv(scan(k, plan), scan(v, plan), w, u, lengths=sequence_lengths(plan, batch))
+        return unscan(y, plan, self.scan_weights())
+
     def extra_repr(self) -> str:
-        return f"window={self.window}, pool={self.pool}, orders={self.orders}, snake={self.snake}, shift={self.shift_mode}"
+        return (f"window={self.window}, pool={self.pool}, orders={self.orders}, snake={self.snake}, "
+                f"shift={self.shift_mode}, mixer={self.mixer}, decay={self.decay_mode}")

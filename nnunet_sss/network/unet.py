@@ -16,6 +16,17 @@ PlainConvUNet (so any plans' `arch_kwargs` fit) plus its own keyword options, on
     upsample="dynamic"     learned-offset upsampling ("transpose": nnU-Net's transposed conv)
     rwkv_checkpoint=True   recompute each RWKV layer in backward instead of keeping its inside
                            (memory; no effect on the result)
+    wkv_mixer="wkv"        token mixer of the spatial mix: "wkv", "mean" (of v over its window),
+                           "identity" (y = v): isolates what the WKV adds
+    wkv_decay="window"     "window": w/T, u/T as Vision-RWKV; "token": per-token decay graded over
+                           channels, local from the start whatever the window length
+    layer_scale=None       per-channel scale of each RWKV branch, starting at this value
+    block_placement="replace"  the blocks take the place of the plans' second conv; "after":
+                           the stage keeps its convs and the blocks follow them
+    merge_equal_windows=False  one layer instead of two in the stages where the global and local
+                           windows cut the map into the same windows (needs patch_size)
+    patch_size=None        the training patch (spatial sizes), given by the trainer when an
+                           option needs the stages' map sizes
 """
 from __future__ import annotations
 
@@ -32,8 +43,11 @@ from dynamic_network_architectures.architectures.abstract_arch import AbstractDy
 from .decoder import RWKVSSSDecoder
 from .encoder import RWKVSSSEncoder
 from .init import initialize as _initialize
+from .scan import clip_window, partition
+from .spatial_mix import DECAYS, MIXERS
 
 SCANS = ("stage", "raster")
+PLACEMENTS = ("replace", "after")
 SHIFTS = ("window", "global")
 UPSAMPLES = ("dynamic", "transpose")
 _CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
@@ -59,6 +73,18 @@ def _per_axis(value, n_dims: int, name: str, stage: Optional[int] = None) -> Tup
     if min(value) < 1:
         raise ValueError(f"{where} must be >= 1 on every axis, got {value}")
     return tuple(int(v) for v in value)
+
+
+def equal_window_stages(patch_size, strides, pools, global_window, local_window) -> Tuple[int, ...]:
+    """Stages whose WKV map (at this patch size) the global and the local window cut alike."""
+    stages, size = [], list(patch_size)
+    for s, (stride, pool) in enumerate(zip(strides, pools)):
+        size = [-(-n // st) for n, st in zip(size, stride)]
+        wkv_size = [-(-n // min(p, n)) for n, p in zip(size, pool)]
+        if partition(wkv_size, clip_window(global_window, wkv_size)) == \
+                partition(wkv_size, clip_window(local_window, wkv_size)):
+            stages.append(s)
+    return tuple(stages)
 
 
 class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
@@ -96,6 +122,12 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         upsample: str = "dynamic",
         rwkv_checkpoint: bool = True,
         rwkv_first_stage: int = 0,
+        wkv_mixer: str = "wkv",
+        wkv_decay: str = "window",
+        layer_scale: Optional[float] = None,
+        block_placement: str = "replace",
+        merge_equal_windows: bool = False,
+        patch_size: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         self.key_to_encoder = "encoder.stages"
@@ -148,6 +180,24 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
             raise ValueError(f"rwkv_checkpoint must be True or False, got {rwkv_checkpoint!r}")
         if not hidden_ratio > 0:
             raise ValueError(f"hidden_ratio must be > 0, got {hidden_ratio}")
+        if wkv_mixer not in MIXERS:
+            raise ValueError(f"unknown wkv_mixer {wkv_mixer!r}: expected one of {MIXERS}")
+        if wkv_decay not in DECAYS:
+            raise ValueError(f"unknown wkv_decay {wkv_decay!r}: expected one of {DECAYS}")
+        if layer_scale is not None and (isinstance(layer_scale, bool) or not isinstance(layer_scale, (int, float))
+                                        or not layer_scale > 0):
+            raise ValueError(f"layer_scale must be None or a number > 0, got {layer_scale!r}")
+        if block_placement not in PLACEMENTS:
+            raise ValueError(f"unknown block_placement {block_placement!r}: expected one of {PLACEMENTS}")
+        if not isinstance(merge_equal_windows, bool):
+            raise ValueError(f"merge_equal_windows must be True or False, got {merge_equal_windows!r}")
+        if patch_size is not None:
+            patch_size = _per_axis(patch_size, n_dims, "patch_size")
+        if merge_equal_windows and patch_size is None:
+            raise ValueError("merge_equal_windows needs patch_size (the training patch) to know which stages' "
+                             "windows coincide")
+        single_layer_stages = equal_window_stages(patch_size, strides, pools, glob, local) \
+            if merge_equal_windows else ()
 
         self.n_dims = n_dims
         self.strides = strides
@@ -156,10 +206,14 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         self.options = dict(use_rwkv=use_rwkv, rwkv_depths=depths, local_window=local, global_window=global_window
                             if global_window is None else glob, scan=scan, shift=shift,
                             wkv_pool=[list(p) for p in pools], hidden_ratio=hidden_ratio, upsample=upsample,
-                            rwkv_checkpoint=rwkv_checkpoint, rwkv_first_stage=rwkv_first_stage)
+                            rwkv_checkpoint=rwkv_checkpoint, rwkv_first_stage=rwkv_first_stage,
+                            wkv_mixer=wkv_mixer, wkv_decay=wkv_decay, layer_scale=layer_scale,
+                            block_placement=block_placement, merge_equal_windows=merge_equal_windows,
+                            patch_size=patch_size)
         self.encoder = RWKVSSSEncoder(
             input_channels, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage, depths,
-            (glob, local), pools, hidden_ratio, scan, shift, rwkv_checkpoint, conv_bias, norm_op, norm_op_kwargs, dropout_op,
+            (glob, local), pools, hidden_ratio, scan, shift, rwkv_checkpoint, block_placement, single_layer_stages,
+            dict(mixer=wkv_mixer, decay=wkv_decay, layer_scale=layer_scale), conv_bias, norm_op, norm_op_kwargs, dropout_op,
             dropout_op_kwargs, nonlin, nonlin_kwargs, nonlin_first)
         self.decoder = RWKVSSSDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
                                       upsample, nonlin_first)

@@ -1,4 +1,5 @@
-"""Ablation trainers: each turns off one RWKV-SSS idea through one network option.
+"""Ablation trainers: each turns off one RWKV-SSS idea (or tries one candidate change) through one
+network option.
 
 Names follow nnU-Net's variant style: nnUNetTrainerRWKVSSS_<ablation>; each also gets the
 schedule variants (schedules.py). The options are the network's (docs/ARCHITECTURE.md).
@@ -15,6 +16,14 @@ ABLATIONS = MappingProxyType({
     "globalShift": ({"shift": "global"}, "token shift over the whole map instead of inside each window"),
     "fullResWKV": ({"wkv_pool": (1,)}, "WKV at full resolution instead of on the pooled K/V map"),
     "transposedUp": ({"upsample": "transpose"}, "transposed-conv upsampling instead of dynamic upsampling"),
+    # what the WKV itself adds: the block kept, only its token mixer replaced
+    "wkvMean": ({"wkv_mixer": "mean"}, "the mean of v over each window instead of the Bi-WKV (a pooling mixer)"),
+    "wkvIdentity": ({"wkv_mixer": "identity"}, "y = v instead of the Bi-WKV (no token mixing)"),
+    # candidate changes within the method (issue: make the WKV earn its place)
+    "layerScale": ({"layer_scale": 1e-2}, "a per-channel scale on both branches of every RWKV layer, from 0.01"),
+    "tokenDecay": ({"wkv_decay": "token"}, "a per-token decay graded over channels instead of w/T"),
+    "blockAfter": ({"block_placement": "after"}, "the blocks after the plans' convs instead of in place of one"),
+    "mergeWindows": ({"merge_equal_windows": True}, "one layer where the global and local windows coincide"),
 })
 
 ABLATION_TRAINERS = tuple(

@@ -75,7 +75,10 @@ class nnUNetTrainerRWKVSSS(AdamWWarmupMixin, nnUNetTrainer):
     def network_architecture(cls, configuration_manager: ConfigurationManager) -> dict:
         """The plans-style architecture entry (class, arch_kwargs, imports) this trainer builds."""
         architecture = configuration_manager.configuration["architecture"]
-        return rwkvsss_architecture(architecture, cls.network_options(architecture))
+        options = cls.network_options(architecture)
+        if options.get("merge_equal_windows") and options.get("patch_size") is None:
+            options["patch_size"] = list(configuration_manager.patch_size)  # which stages' windows coincide
+        return rwkvsss_architecture(architecture, options)
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,

@@ -56,6 +56,8 @@ def test_each_ablation_changes_exactly_its_option(suffix, rwkvsss_network):
         default = rwkvsss_options(nnUNetTrainerRWKVSSS.network_architecture(conf))
         ablated = rwkvsss_options(trainer_class.network_architecture(conf))
         changed = {k: v for k, v in ablated.items() if default[k] != v}
+        if "merge_equal_windows" in option:
+            assert changed.pop("patch_size") == list(conf.patch_size), name
         assert changed == {k: list(v) if isinstance(v, tuple) else v for k, v in option.items()}, name
     # the network itself was built with that one switch turned
     network, _, _ = _build(TRAINERS[f"nnUNetTrainerRWKVSSS_{suffix}"], "3d_fullres")
@@ -63,6 +65,8 @@ def test_each_ablation_changes_exactly_its_option(suffix, rwkvsss_network):
     assert type(network) is rwkvsss_network
     changed = {k for k, v in network.options.items() if reference.options[k] != v}
     consequences = {"rwkv_depths"} if "use_rwkv" in option else set()  # no blocks: depth 0 everywhere
+    if "merge_equal_windows" in option:
+        consequences.add("patch_size")  # the trainer hands the configuration's patch to the network
     assert set(option) <= changed <= set(option) | consequences
 
 

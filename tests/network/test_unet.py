@@ -145,7 +145,12 @@ ABLATIONS = {
     "shift": ("global", None),
     "wkv_pool": ((1,), None),
     "upsample": ("transpose", lambda key: key.startswith("decoder.upsamplers.")),
+    "wkv_mixer": ("mean", lambda key: key.split(".spatial_mix.")[-1] in _WKV_ONLY and ".spatial_mix." in key),
+    "wkv_decay": ("token", None),
+    "layer_scale": (1e-2, lambda key: key.endswith((".scale1", ".scale2"))),
+    "block_placement": ("after", lambda key: ".0.convs.1." in key),
 }
+_WKV_ONLY = {"key.weight", "decay", "bonus", "mix_k", "scan_logits"}  # what a mixer without the WKV drops
 
 
 @pytest.mark.parametrize("n_dims", [2, 3])
@@ -170,6 +175,10 @@ def test_each_ablation_switch_builds_runs_and_changes_only_its_idea(n_dims, opti
     assert all(p.grad is not None for p in ablated.parameters())
     if option == "use_rwkv":
         assert not calls and not any(isinstance(m, RWKVLayer) for m in ablated.modules())
+    elif option == "wkv_mixer":
+        assert not calls  # the block runs, its WKV does not
+        with torch.no_grad():
+            assert not torch.allclose(default(x)[0], ablated(x)[0])
     else:
         assert calls
         with torch.no_grad():
