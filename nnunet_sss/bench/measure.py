@@ -6,7 +6,7 @@ compare tool. It knows nothing of nnU-Net: give it a module, the input shape of 
 
 How each number is taken (so that two networks measured the same way compare fairly):
 - parameters: trainable parameters (`requires_grad`).
-- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward (and one forward+backward)
+- FLOPs: the formulas of `torch.utils.flop_counter` (FlopCounterMode's) over one forward (and one forward+backward)
   of one batch. It counts matmuls and convolutions (2 FLOPs per multiply-add); elementwise
   ops, norms, grid_sample and custom ops without a registered formula count 0.
 - peak training memory: the extra memory one forward+backward (gradients included, from
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import flop_registry
 
 
 @dataclass
@@ -225,16 +225,33 @@ def _forward_backward(network, x, amp):
     _loss(out).backward()
 
 
+class _FlopCounter(TorchDispatchMode):
+    """FlopCounterMode's per-op formulas without its module tracker: the tracker hooks every
+    module's backward from inside the autograd engine, which cannot follow the nested backward
+    of a checkpointed RWKV layer's rebuild."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **(kwargs or {}), out_val=out)
+        return out
+
+
 def _count_flops(network, x, amp):
     network.zero_grad(set_to_none=True)
-    with FlopCounterMode(display=False) as counter:
+    with _FlopCounter() as counter:
         with torch.no_grad(), _autocast(x.device, amp):
             network(x)
-    forward = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
+    forward = counter.total
+    with _FlopCounter() as counter:
         _forward_backward(network, x, amp)
     network.zero_grad(set_to_none=True)
-    return int(forward), int(counter.get_total_flops())
+    return int(forward), int(counter.total)
 
 
 def _cuda_peak_memory(network, x, amp):

@@ -8,7 +8,9 @@ starts near silent instead of adding 0.4 of its residual in noise. The scan orde
 the conv path's (B, C, *S) maps to tokens and back once per stage, not once per block.
 
 With `checkpoint`, a layer keeps only its input for backward and recomputes its inside then
-(activation checkpointing): a layer at full resolution would otherwise keep about a dozen
+(activation checkpointing, `_Rebuild`: the layer runs without autograd in the forward, and the
+backward rebuilds it and hands back the gradients of its input and parameters; unlike
+torch.utils.checkpoint it keeps no per-tensor hooks, which cost one op per saved tensor): a layer at full resolution would otherwise keep about a dozen
 maps of its width, against the one or two of the conv it replaces. The recomputation runs in
 micro-batches on the CPU (`micro_batch_size`), since rebuilding a whole layer of the whole batch
 at once briefly holds those dozen maps anyway: at stage 0 that peak alone was as large as all of
@@ -19,6 +21,7 @@ is made inside the checkpoint, so the stage keeps no second copy of its input.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Tuple
 
@@ -41,14 +44,62 @@ MICRO_BATCH_MIN_ELEMENTS = 2 ** 20
 # step in micro-batches against 146 ms whole, for a peak of 1114 against 2133 MiB). The whole
 # rebuild is what `cost.py` counts, so nnU-Net's planner already sizes GPU batches for it.
 WHOLE_BATCH_DEVICES = ("cuda",)
+_WHOLE_BATCH = [False]
+
+
+@contextlib.contextmanager
+def whole_batch_rebuild():
+    """Rebuild checkpointed layers whole on every device, as on a GPU (for measuring GPU-mode memory
+    on the CPU)."""
+    _WHOLE_BATCH[0], before = True, _WHOLE_BATCH[0]
+    try:
+        yield
+    finally:
+        _WHOLE_BATCH[0] = before
 
 
 def micro_batch_size(x: Tensor) -> int:
     """Samples per micro-batch of the checkpointed recomputation of a layer's input x."""
-    if x.device.type in WHOLE_BATCH_DEVICES:
+    if x.device.type in WHOLE_BATCH_DEVICES or _WHOLE_BATCH[0]:
         return max(1, x.shape[0])
     per_sample = max(1, math.prod(x.shape[1:]))
     return max(-(-x.shape[0] // MICRO_BATCHES), -(-MICRO_BATCH_MIN_ELEMENTS // per_sample))
+
+
+def _amp_state(x: Tensor):
+    device = x.device.type
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+class _Rebuild(torch.autograd.Function):
+    """y = fn(x) keeping only x; the backward rebuilds fn in micro-batches (with the forward's
+    autocast state) and returns the gradients of x and of `params` (fn's parameters) as its
+    own outputs, so that the engine accumulates them, and DDP and torch.autograd.grad see them,
+    exactly as for any other layer. (Tools that hook every module's backward from inside the
+    engine, such as torch's FlopCounterMode, cannot follow the nested pass.)"""
+
+    @staticmethod
+    def forward(ctx, fn, x, *params):
+        ctx.fn, ctx.amp = fn, _amp_state(x)
+        ctx.save_for_backward(x, *params)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        grad_x, grad_params = [], [None] * len(params)
+        device, enabled, dtype = ctx.amp
+        split = micro_batch_size(x)
+        for part, grad_part in zip(x.detach().split(split), grad.split(split)):
+            part.requires_grad_(True)
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+                out = ctx.fn(part)
+            grads = torch.autograd.grad(out, (part, *params), grad_part, allow_unused=True)
+            grad_x.append(grads[0])
+            for i, g in enumerate(grads[1:]):
+                if g is not None:
+                    grad_params[i] = g if grad_params[i] is None else grad_params[i].add_(g)
+        return (None, grad_x[0] if len(grad_x) == 1 else torch.cat(grad_x), *grad_params)
 
 
 class RWKVLayer(nn.Module):
@@ -83,8 +134,9 @@ class RWKVLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.checkpoint and torch.is_grad_enabled() and x.requires_grad):
             return self._forward(x)
-        parts = [checkpoint(self._forward, part, use_reentrant=False) for part in x.split(micro_batch_size(x))]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if torch.compiler.is_compiling():  # what dynamo traces without a break
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return _Rebuild.apply(self._forward, x, *(p for p in self.parameters() if p.requires_grad))
 
 
 class StageScanBlock(nn.Module):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .pool import avg_pool_tokens, cell_view, pooled_view, repeat_tokens, sum_cells
-from .shift import _shift_into, window_shift
+from .shift import window_shift
 
 
 def _amp_state(t: Tensor):
@@ -79,8 +79,7 @@ def shift_mix_project_reference(z, starts, pool, n_full, *params):
 class _ShiftMixProject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, starts, pool, n_full, *params):
-        shifted = torch.empty_like(z, memory_format=torch.contiguous_format)
-        _shift_into(z, shifted, starts, reverse=False)
+        shifted = window_shift(z, starts)
         delta = z - shifted
         pooled = math.prod(pool) > 1
         low = (sum_cells(shifted, pool).div_(math.prod(pool)), sum_cells(delta, pool).div_(math.prod(pool))) \
@@ -126,9 +125,7 @@ class _ShiftMixProject(torch.autograd.Function):
             else:
                 grad_x += acc["low"][0]
                 grad_shift += acc["low"][1]
-        from_shift = torch.empty_like(grad_shift)
-        _shift_into(grad_shift, from_shift, ctx.starts, reverse=True)
-        grad_x += from_shift
+        grad_x += window_shift(grad_shift, ctx.starts, reverse=True)
         return (grad_x.to(ctx.dtypes[0]), None, None, None, *param_grads)
 
 

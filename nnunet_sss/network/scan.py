@@ -14,8 +14,8 @@ Layout: map tokens are (B, S, C) with S the row-major flattening of the map; the
 tokens are (B, K*W*T, C) = orders x windows x slots, which reshapes to the operator's
 (B*K*W, T, C). A `ScanPlan` holds the index tensors of both directions, built once per
 (map size, window, orders, snake) and cached per device. Scanning is one gather; unscanning
-and merging the orders is one gather per order with its weight, and the backward passes are
-gathers too (the inverse index), never scatter-adds.
+is one gather of all orders and one batched matmul that merges them with their weights; the
+backward passes are gathers too (the inverse index), never scatter-adds.
 """
 from __future__ import annotations
 
@@ -187,7 +187,8 @@ def scan_plan(map_size: Sequence[int], window: Sequence[Optional[int]],
 
 
 class _Scan(torch.autograd.Function):
-    """(B, S, C) map tokens -> (B, K*W*T, C) sequence slots; backward: one gather per order."""
+    """(B, S, C) map tokens -> (B, K*W*T, C) sequence slots; backward: one gather of every
+    order's slots (the inverse index), summed over the orders."""
 
     @staticmethod
     def forward(ctx, x, index, inverse):
@@ -197,14 +198,16 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inverse,) = ctx.saved_tensors
-        grad_x = grad.index_select(1, inverse[0])
-        for k in range(1, inverse.shape[0]):
-            grad_x += grad.index_select(1, inverse[k])
+        n_orders, tokens = inverse.shape
+        grad_x = grad.index_select(1, inverse.view(-1))
+        if n_orders > 1:
+            grad_x = grad_x.view(grad.shape[0], n_orders, tokens, grad.shape[-1]).sum(1)
         return grad_x, None, None
 
 
 class _Unscan(torch.autograd.Function):
-    """(B, K*W*T, C) slots -> (B, S, C): each order put back in place, summed with its weight.
+    """(B, K*W*T, C) slots -> (B, S, C): every order put back in place with one gather, then
+    summed with its weight in one batched matmul over the orders.
 
     The backward gathers the output gradient into the slots (padding gets exactly 0) and
     gives each order's weight the dot product of the gradient with that order's output.
@@ -212,24 +215,29 @@ class _Unscan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, weights, index, inverse, valid):
-        out = y.index_select(1, inverse[0]) * weights[0]
-        for k in range(1, inverse.shape[0]):
-            out += y.index_select(1, inverse[k]) * weights[k]
+        batch, channels = y.shape[0], y.shape[-1]
+        n_orders, tokens = inverse.shape
+        placed = y.index_select(1, inverse.view(-1)).view(batch, n_orders, tokens * channels)
+        with torch.autocast(y.device.type, enabled=False):  # the merge stays in y's dtype (fp32)
+            out = torch.bmm(weights.to(y.dtype).view(1, 1, n_orders).expand(batch, 1, n_orders), placed)
         ctx.save_for_backward(y, weights, index, inverse, valid)
-        return out
+        return out.view(batch, tokens, channels)
 
     @staticmethod
     def backward(ctx, grad):
         y, weights, index, inverse, valid = ctx.saved_tensors
-        n_orders = inverse.shape[0]
+        batch, channels = y.shape[0], y.shape[-1]
+        n_orders, tokens = inverse.shape
         grad_y = grad_weights = None
         if ctx.needs_input_grad[0]:
-            scale = weights.repeat_interleave(index.numel() // n_orders).unsqueeze(1)
-            if valid is not None:
-                scale = scale * valid
-            grad_y = grad.index_select(1, index) * scale.to(grad.dtype)
+            scale = weights.view(n_orders, 1, 1).expand(n_orders, index.numel() // n_orders, 1)
+            scale = scale.reshape(-1, 1) if valid is None else scale.reshape(-1, 1) * valid
+            grad_y = grad.index_select(1, index).mul_(scale.to(grad.dtype))
         if ctx.needs_input_grad[1]:
-            grad_weights = torch.stack([(grad * y.index_select(1, inverse[k])).sum() for k in range(n_orders)])
+            placed = y.index_select(1, inverse.view(-1)).view(batch, n_orders, tokens * channels)
+            with torch.autocast(y.device.type, enabled=False):
+                grad_weights = torch.bmm(placed, grad.to(y.dtype).reshape(batch, tokens * channels, 1)).sum(0)
+            grad_weights = grad_weights.view(n_orders).to(weights.dtype)
         return grad_y, grad_weights, None, None, None
 
 
