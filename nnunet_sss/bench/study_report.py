@@ -6,8 +6,8 @@ Sections:
   bootstrap intervals, the paired per-case differences of RWKV-SSS against each other trainer
   (mean, 95% paired bootstrap interval, Wilcoxon p; compare/stats.py), a per-fold table, cost
   (parameters, seconds per iteration from the training logs, optionally aten ops), and the
-  ensembles that nnUNetv2_find_best_configuration made of them on the same folds, each paired
-  against each of its members;
+  ensembles of RWKV-SSS with nnU-Net and with the control that nnUNetv2_find_best_configuration
+  made on the same folds, each paired against each of its members;
 - per (configuration, folds) on which arms were trained: the arms and the references on those
   folds, each paired against the optimiser control (and the arms against RWKV-SSS), with cost
   and a Dice-against-cost plot;
