@@ -1,9 +1,14 @@
-"""The CPU-budget accuracy protocol (../shared/protocols/hippocampus-cpu.md), run and tabulated.
+"""The CPU-budget accuracy protocol (../shared/protocols/hippocampus-cpu.md): run, tabulate, study.
 
     python -m nnunet_sss.bench.protocol run -d 4 -c 3d_fullres -f 0 \\
         -tr nnUNetTrainer_cpubudget nnUNetTrainerRWKVSSS_cpubudget [-p nnUNetPlans ...]
     python -m nnunet_sss.bench.protocol table -d 4 -c 3d_fullres 2d -f 0 1 \\
         -tr nnUNetTrainer_cpubudget nnUNetTrainerRWKVSSS_cpubudget [-p ...]
+    python -m nnunet_sss.bench.protocol study -o REPORT [-d 4] [--rwkv TRAINER[:PLANS]] \\
+        [--control TRAINER[:PLANS]] [--baseline TRAINER[:PLANS]] [--folds 2d=0-4 3d_fullres=0-2] \\
+        [--arm TRAINER[:PLANS][@CONFIGURATION=FOLDS...] ...] [--arm_folds 2d=0,1] \\
+        [-device cpu] [-np N] [--no_ensembles] [--ops] [--dry_run]
+    python -m nnunet_sss.bench.protocol report -o REPORT [the same study arguments] [--results_dir DIR]
 
 `run` trains each (trainer, plans, configuration, fold) with nnU-Net's own CLI, one after the
 other on the same machine, with the protocol's settings (`-device cpu`, `nnUNet_n_proc_DA=1`,
@@ -17,20 +22,46 @@ says), parameters (the network nnU-Net builds from the plans.json stored with th
 seconds per training iteration (the last epoch's logged time / the trainer's iterations per
 epoch: includes the epoch's few validation iterations) and training wall time (log start
 to "Training done.").
+
+`study` runs the study of issue "Five folds of evidence" into one $nnUNet_results, back to back:
+the three reference trainers, nnU-Net (--baseline, default nnUNetTrainer_cpubudget), the
+optimiser control (--control, nnUNetTrainerAdamWWarmup_cpubudget) and RWKV-SSS (--rwkv,
+nnUNetTrainerRWKVSSS_cpubudget), each TRAINER:PLANS with plans of its own (default nnUNetPlans),
+on the folds of --folds (CONFIGURATION=FOLDS, FOLDS like 0-4 or 0,1,2; default 2d=0-4
+3d_fullres=0-2), fold by fold with all three on a fold before the next; then each --arm (an
+ablation or any other trainer; without :PLANS it takes RWKV-SSS's plans; without @ it is trained
+on --arm_folds, default 2d=0,1, the screen of issue 25), whose folds must be among the
+references' (it is compared with them on its folds). Then nnUNetv2_find_best_configuration:
+each configuration on all its folds where these are more than the folds every configuration
+has, and all configurations on the common folds (with 3d_fullres on 0-2: 2d alone on 0-4, then
+2d + 3d_fullres on 0-2); it pools each model's validation and ensembles every pair from the
+validation .npz. Last, the report (below) into -o. Resumable: a finished fold (its
+validation/summary.json exists) is never trained again, an interrupted one is continued with
+--c, a find_best_configuration call whose outputs are newer than its folds is skipped; rerun the
+same command after an interruption. --dry_run checks the inputs and prints what would run.
+
+`report` writes the study's report from a results folder alone (no training): -o REPORT/study.md,
+study.json and PNG plots (nnunet_sss/bench/study_report.py says what is in them).
+
+Bad input (a trainer, plans or configuration that does not exist, a fold without validation, a
+finished fold without the .npz an ensemble needs, folds or cases that differ between the models
+compared, a missing ensemble) is named on one stderr line before any work; exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from nnunet_sss.compare.efficiency import build_trainer_network, training_time
 from nnunet_sss.compare.comparison import ensure_ext_trainer_path
-from nnunet_sss.compare.results import model_identifier, results_root
+from nnunet_sss.compare.efficiency import build_trainer_network, training_time
+from nnunet_sss.compare.results import ComparisonInputError, model_identifier
+from nnunet_sss.compare.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+from .study import (DEFAULT_ARM_FOLDS, DEFAULT_FOLDS, DEFAULT_TRAINERS, Model, Study, check_before_training,
+                    results_dataset_folder, run_find_best, train_folds)
+from .study_report import build_report, iterations_per_epoch
 
 
 def _specs(args):
@@ -42,31 +73,12 @@ def _specs(args):
 
 
 def _fold_dir(args, trainer, plans, configuration, fold) -> Path:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    dataset = maybe_convert_to_dataset_name(args.dataset)  # finds it in raw/preprocessed, before any results
-    return results_root(None) / dataset / model_identifier(trainer, plans, configuration) / f"fold_{fold}"
+    return results_dataset_folder(args.dataset)[1] / model_identifier(trainer, plans, configuration) / f"fold_{fold}"
 
 
 def run(args) -> int:
-    ensure_ext_trainer_path()
-    env = dict(os.environ, nnUNet_n_proc_DA="1")
-    for trainer, plans, configuration, fold in _specs(args):
-        fold_dir = _fold_dir(args, trainer, plans, configuration, fold)
-        if (fold_dir / "validation" / "summary.json").is_file():
-            print(f"done already: {fold_dir}", flush=True)
-            continue
-        command = ["nnUNetv2_train", str(args.dataset), configuration, str(fold), "-tr", trainer, "-p", plans,
-                   "-device", "cpu", "--npz"]
-        if (fold_dir / "checkpoint_latest.pth").is_file() or (fold_dir / "checkpoint_final.pth").is_file():
-            command.append("--c")
-        print("$ " + " ".join(command), flush=True)
-        start = time.time()
-        code = subprocess.call(command, env=env)
-        print(f"exit {code} after {time.time() - start:.0f} s", flush=True)
-        if code != 0:
-            return code
-    return 0
+    trainings = [(Model(t, p, c), f) for t, p, c, f in _specs(args)]
+    return train_folds(args.dataset, results_dataset_folder(args.dataset)[1], trainings)
 
 
 def _cell(x, fmt):
@@ -90,31 +102,89 @@ def table(args) -> int:
         params = sum(p.numel() for p in network.parameters())
         timing = training_time(fold_dir)
         epochs, wall = timing.get("epoch_times_s"), timing.get("train_wall_s")
-        per_it = epochs[-1] / _iterations_per_epoch(trainer) if epochs else None
+        per_it = epochs[-1] / iterations_per_epoch(fold_dir, trainer) if epochs else None
         print(f"| {configuration} | {fold} | {trainer} | {plans} | {_cell(dice.get('1'), '.4f')} | "
               f"{_cell(dice.get('2'), '.4f')} | {scores['foreground_mean']['Dice']:.4f} | {params / 1e6:.2f} M | "
               f"{_cell(per_it, '.2f')} | {_cell(None if wall is None else wall / 60, '.1f')} min |")
     return 0
 
 
-def _iterations_per_epoch(trainer: str) -> int:
-    """From the trainer's schedule; trainers without one keep nnU-Net's 250."""
-    from nnunet_sss.training import TRAINERS
+def _study(args) -> Study:
+    return Study.from_text(args.dataset, args.baseline, args.control, args.rwkv, args.folds, args.arms, args.arm_folds)
 
-    schedule = getattr(TRAINERS.get(trainer), "schedule", None)
-    return schedule.iterations if schedule else 250
+
+def study(args) -> int:
+    spec = _study(args)
+    _, folder = check_before_training(spec, ensembles=not args.no_ensembles)
+    code = train_folds(args.dataset, folder, spec.trainings(), args.device, args.dry_run)
+    if code == 0 and not args.no_ensembles:
+        code = run_find_best(args.dataset, folder, spec, args.np, args.dry_run)
+    if code == 0 and not args.dry_run:
+        build_report(spec, args.output, ensembles=not args.no_ensembles, ops=args.ops, plots=not args.no_plots,
+                     resamples=args.bootstrap, seed=args.seed)
+    return code
+
+
+def report(args) -> int:
+    build_report(_study(args), args.output, args.results_dir, ensembles=not args.no_ensembles, ops=args.ops,
+                 plots=not args.no_plots, resamples=args.bootstrap, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.protocol", description=__doc__.splitlines()[0],
+                                     epilog="python -m nnunet_sss.bench.protocol ACTION -h: that action's arguments")
+    actions = parser.add_subparsers(dest="action", required=True)
+    for func, help_text in ((run, "train models with nnUNetv2_train, skipping finished folds"),
+                            (table, "print the protocol's table of trained models")):
+        p = actions.add_parser(func.__name__, help=help_text)
+        p.add_argument("-d", dest="dataset", default="4")
+        p.add_argument("-c", dest="configurations", nargs="+", default=["3d_fullres"])
+        p.add_argument("-f", dest="folds", nargs="+", default=["0"])
+        p.add_argument("-tr", dest="trainers", nargs="+", required=True)
+        p.add_argument("-p", dest="plans", nargs="+", default=["nnUNetPlans"])
+        p.set_defaults(func=func)
+    for func, help_text in ((study, "train the whole study (resumably), find_best_configuration, then the report"),
+                            (report, "the study's report from a results folder, no training")):
+        p = actions.add_parser(func.__name__, help=help_text, description=help_text)
+        p.add_argument("-o", dest="output", required=True, help="report folder (study.md, study.json, plots)")
+        p.add_argument("-d", dest="dataset", default="4", help="dataset id or name (default: 4)")
+        for role, who in (("rwkv", "RWKV-SSS"), ("control", "the optimiser control"), ("baseline", "nnU-Net")):
+            p.add_argument(f"--{role}", default=DEFAULT_TRAINERS[role], metavar="TRAINER[:PLANS]",
+                           help=f"{who} (default: {DEFAULT_TRAINERS[role]}, plans nnUNetPlans)")
+        p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS), metavar="CONFIGURATION=FOLDS",
+                       help=f"the reference trainers' folds per configuration (default: {' '.join(DEFAULT_FOLDS)})")
+        p.add_argument("--arm", dest="arms", nargs="+", action="extend", default=[],
+                       metavar="TRAINER[:PLANS][@CONFIGURATION=FOLDS...]",
+                       help="extra trainers (ablations), compared with the references on their folds; "
+                            "without :PLANS RWKV-SSS's plans, without @ --arm_folds")
+        p.add_argument("--arm_folds", nargs="+", default=list(DEFAULT_ARM_FOLDS), metavar="CONFIGURATION=FOLDS",
+                       help=f"folds of an arm given without @ (default: {' '.join(DEFAULT_ARM_FOLDS)})")
+        p.add_argument("--no_ensembles", action="store_true",
+                       help="no find_best_configuration, no ensembles in the report")
+        p.add_argument("--ops", action="store_true",
+                       help="count aten ops per forward+backward of each network (slow for 3D RWKV-SSS networks)")
+        p.add_argument("--no_plots", action="store_true", help="no PNG plots (they take seconds each)")
+        p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES,
+                       help=f"bootstrap resamples (default: {BOOTSTRAP_RESAMPLES})")
+        p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help=f"bootstrap seed (default: {BOOTSTRAP_SEED})")
+        if func is study:
+            p.add_argument("-device", default="cpu", help="nnUNetv2_train's -device (default: cpu, the protocol's)")
+            p.add_argument("-np", type=int, default=None, help="find_best_configuration's processes (default: nnU-Net's)")
+            p.add_argument("--dry_run", action="store_true", help="check the inputs, print what would run, run nothing")
+        else:
+            p.add_argument("--results_dir", default=None, help="nnU-Net results folder (default: $nnUNet_results)")
+        p.set_defaults(func=func)
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "table"])
-    parser.add_argument("-d", dest="dataset", default="4")
-    parser.add_argument("-c", dest="configurations", nargs="+", default=["3d_fullres"])
-    parser.add_argument("-f", dest="folds", nargs="+", default=["0"])
-    parser.add_argument("-tr", dest="trainers", nargs="+", required=True)
-    parser.add_argument("-p", dest="plans", nargs="+", default=["nnUNetPlans"])
-    args = parser.parse_args(argv)
-    return run(args) if args.action == "run" else table(args)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ComparisonInputError as exc:  # the inputs' fault: one line naming it, no traceback
+        print(f"protocol {args.action}: {exc.one_line()}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

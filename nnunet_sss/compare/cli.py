@@ -11,6 +11,7 @@ from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 EPILOG = """example:
   nnunet-sss compare -d 4 -c 3d_fullres -tr nnUNetTrainer nnUNetTrainerRWKVSSS -f 0 1 2 3 4 -o OUT
+  nnunet-sss compare -d 4 -c 2d -tr nnUNetTrainer_cpubudget nnUNetTrainerRWKVSSS_cpubudget:nnUNetPlans_RWKVSSS_S -o OUT
 Reads $nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>/fold_X/validation/summary.json,
 the ensembles nnUNetv2_find_best_configuration wrote for these models and folds, and optional
 test-set prediction folders (--test LABEL=FOLDER, evaluated by nnUNetv2_evaluate_folder).
@@ -35,9 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("-d", dest="dataset", required=True, help="dataset id or name, as for nnUNetv2_train")
     p.add_argument("-c", dest="configurations", nargs="+", default=["3d_fullres"],
                    help="configuration(s) (default: 3d_fullres)")
-    p.add_argument("-tr", dest="trainers", nargs="+", required=True,
-                   help="two or more trainers, baseline first (differences are later minus earlier)")
-    p.add_argument("-p", dest="plans", nargs="+", default=["nnUNetPlans"], help="plans identifier(s)")
+    p.add_argument("-tr", dest="trainers", nargs="+", required=True, metavar="TRAINER[:PLANS]",
+                   help="two or more trainers, baseline first (differences are later minus earlier); "
+                        "TRAINER:PLANS gives that trainer its own plans instead of -p")
+    p.add_argument("-p", dest="plans", nargs="+", default=["nnUNetPlans"],
+                   help="plans identifier(s), each combined with every trainer that has no :PLANS")
     p.add_argument("-f", dest="folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default: 0 1 2 3 4)")
     p.add_argument("-o", dest="output", required=True, help="output folder")
     p.add_argument("--results_dir", default=None, help="nnU-Net results folder (default: $nnUNet_results)")
@@ -70,6 +73,6 @@ def main(args: argparse.Namespace) -> int:
                        bench_warmup=args.bench_warmup, bench_memory=not args.bench_no_memory,
                        resamples=args.bootstrap, seed=args.seed)
     except ComparisonInputError as exc:
-        print(f"nnunet-sss compare: {exc}", file=sys.stderr)
+        print(f"nnunet-sss compare: cannot compare: {exc.one_line()}", file=sys.stderr)
         return 2
     return 0

@@ -11,7 +11,7 @@ from . import efficiency as eff
 from .plots import plot_group
 from .report import write_json, write_markdown
 from .results import (ComparisonInputError, check_same_cases, dataset_name, find_ensembles,
-                      load_model, load_prediction_folder, model_identifier, results_root)
+                      load_model, load_prediction_folder, model_identifier, model_specs, results_root)
 from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from .summary import FOREGROUND, build_group, short_labels
 
@@ -52,8 +52,9 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
                    bench_warmup: int = 2, bench_memory: bool = True, resamples: int = BOOTSTRAP_RESAMPLES,
                    seed: int = BOOTSTRAP_SEED,
                    progress: Callable[[str], None] | None = print) -> dict:
-    """Compare trained models (trainers x configurations x plans) on `folds`, with their ensembles and
-    optional test-set prediction folders ((label, folder) pairs evaluated by nnUNetv2_evaluate_folder).
+    """Compare trained models (trainers x configurations x plans; a trainer given as TRAINER:PLANS
+    has its own plans) on `folds`, with their ensembles and optional test-set prediction folders
+    ((label, folder) pairs evaluated by nnUNetv2_evaluate_folder).
 
     Raises ComparisonInputError listing every missing fold, results folder or mismatched case.
     Returns the comparison dict that is also written to output_folder/comparison.json.
@@ -62,7 +63,7 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
     folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
     if len(set(map(str, folds))) != len(folds) or not folds:
         raise ComparisonInputError([f"folds must be distinct and at least one, got {folds}"])
-    specs = [(t, p, c) for t in trainers for c in configurations for p in plans]
+    specs = model_specs(trainers, plans, configurations)
     if len(set(specs)) < 2:
         raise ComparisonInputError([f"need at least two models to compare (trainers x configurations x plans), "
                                     f"got {[model_identifier(*s) for s in specs]}"])

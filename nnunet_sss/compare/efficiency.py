@@ -72,9 +72,21 @@ def training_times(model_folder: Path, folds: Sequence) -> dict:
             "train_wall_s_total": sum(walls) if walls and all(w is not None for w in walls) else None}
 
 
+def find_trainer_class(trainer: str):
+    """This package's trainer of that name, else nnU-Net's lookup (which imports every trainer module it
+    has: seconds) through nnunetv2.training and nnUNet_extTrainer."""
+    from nnunet_sss.training import TRAINERS
+
+    if trainer in TRAINERS:
+        return TRAINERS[trainer]
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its class search
+        return recursive_find_trainer_class_by_name(trainer)
+
+
 def build_trainer_network(model_folder: Path, trainer: str, configuration: str):
     """(network, input_shape, batch_size) as nnU-Net would build them for this trained model."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -82,8 +94,7 @@ def build_trainer_network(model_folder: Path, trainer: str, configuration: str):
     plans_manager = PlansManager(str(model_folder / "plans.json"))
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
     configuration_manager = plans_manager.get_configuration(configuration)
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its class search
-        trainer_class = recursive_find_trainer_class_by_name(trainer)
+    trainer_class = find_trainer_class(trainer)
     num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,

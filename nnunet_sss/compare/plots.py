@@ -90,3 +90,24 @@ def plot_group(group: dict, key: str, out_dir: Path, metric: str = "Dice") -> li
         for b in entries[i + 1:]:
             paths.append(paired_plot(group, key, a, b, metric, out_dir))
     return paths
+
+
+def dice_cost_plot(points: list[dict], costs: dict[str, str], reference: str, title: str, path: Path) -> Path:
+    """One panel per cost: each model's paired foreground-Dice difference to `reference` on the same
+    cases (95% bootstrap CI as error bars) against its cost. points: {"label", "difference", "ci_low",
+    "ci_high", <cost key>: value or None}; costs: cost key -> axis title."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4.2), squeeze=False)
+    for ax, (key, axis_title) in zip(axes[0], costs.items()):
+        for p in points:
+            if p.get(key) is None:
+                continue
+            low, high = p["difference"] - p["ci_low"], p["ci_high"] - p["difference"]
+            ax.errorbar([p[key]], [p["difference"]], yerr=np.nan_to_num([[max(low, 0)], [max(high, 0)]]), fmt="o",
+                        capsize=3)
+            ax.annotate(p["label"], (p[key], p["difference"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(0.0, color="0.6", lw=1, ls="--")
+        ax.set_xlabel(axis_title)
+        ax.set_ylabel(f"foreground Dice − {reference} (95% CI)")
+    fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)

@@ -25,7 +25,8 @@ def write_json(comparison: dict, path: Path) -> None:
     Path(path).write_text(json.dumps(_json_ready(comparison), indent=1, allow_nan=False))
 
 
-def _num(x, digits=4) -> str:
+def number(x, digits=4) -> str:
+    """A table cell: n/a for None or NaN, no decimals for counts."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     if abs(x) >= 100:  # voxel counts (TP, FP, ...): decimals say nothing
@@ -34,9 +35,9 @@ def _num(x, digits=4) -> str:
 
 
 def _score(stat: dict) -> str:
-    text = f"{_num(stat['mean'])} ± {_num(stat['std'])}"
+    text = f"{number(stat['mean'])} ± {number(stat['std'])}"
     if "ci_low" in stat:
-        text += f" [{_num(stat['ci_low'])}, {_num(stat['ci_high'])}]"
+        text += f" [{number(stat['ci_low'])}, {number(stat['ci_high'])}]"
     return text
 
 
@@ -44,7 +45,8 @@ def _class_header(entry: dict, key: str) -> str:
     return "fg mean" if key == FOREGROUND else f"{key} {entry['class_names'].get(key, '')}".strip()
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -61,14 +63,14 @@ def _group_markdown(name: str, group: dict, settings: dict) -> list[str]:
     header = ["", "kind"] + [f"{m} {_class_header(first, k)}" for m in metrics for k in keys]
     rows = [[e["label"], e["kind"]] + [_score(e["summary"][k][m]) for m in metrics for k in keys] for e in entries]
     lines += ["Mean ± std over cases [95% bootstrap CI of the mean]. Foreground mean as nnU-Net defines it "
-              "(mean of the class means).", ""] + _table(header, rows) + [""]
+              "(mean of the class means).", ""] + markdown_table(header, rows) + [""]
 
     lines += ["### Every metric nnU-Net stores (mean ± std over cases)", ""]
     for e in entries:
         header = [e["label"]] + [_class_header(e, k) for k in keys]
-        rows = [[m] + [f"{_num(e['summary'][k][m]['mean'])} ± {_num(e['summary'][k][m]['std'])}" for k in keys]
+        rows = [[m] + [f"{number(e['summary'][k][m]['mean'])} ± {number(e['summary'][k][m]['std'])}" for k in keys]
                 for m in e["metrics"]]
-        lines += _table(header, rows) + [""]
+        lines += markdown_table(header, rows) + [""]
 
     with_folds = [e for e in entries if e["per_fold"]]
     if with_folds:
@@ -78,13 +80,13 @@ def _group_markdown(name: str, group: dict, settings: dict) -> list[str]:
         for e in with_folds:
             for fold, v in e["per_fold"].items():
                 rows.append([e["label"], fold, str(v["n_cases"])] +
-                            [_num((v[FOREGROUND] if k == FOREGROUND else v["mean"].get(k, {})).get("Dice"))
+                            [number((v[FOREGROUND] if k == FOREGROUND else v["mean"].get(k, {})).get("Dice"))
                              for k in keys])
             if len(e["per_fold"]) > 1:
                 d = e["per_fold_foreground_dice"]
-                rows.append([e["label"], "mean ± std of folds", "", f"{_num(d['mean'])} ± {_num(d['std'])}"]
+                rows.append([e["label"], "mean ± std of folds", "", f"{number(d['mean'])} ± {number(d['std'])}"]
                             + [""] * (len(keys) - 1))
-        lines += _table(header, rows) + [""]
+        lines += markdown_table(header, rows) + [""]
 
     if group["paired"]:
         lines += ["### Paired per-case comparison (difference = second − first, same cases)", "",
@@ -97,10 +99,10 @@ def _group_markdown(name: str, group: dict, settings: dict) -> list[str]:
         rows = []
         for p in group["paired"]:
             rows.append([f"{p['b']} − {p['a']}", p["metric"], _class_header(first, p["class"]), str(p["n"]),
-                         _num(p["mean_difference"]), f"[{_num(p['ci_low'])}, {_num(p['ci_high'])}]",
-                         _num(p["median_difference"]), f"{p['wins']} / {p['ties']} / {p['losses']}",
-                         _num(p["p_value"], 4) + (f" ({p['note']})" if p["note"] else "")])
-        lines += _table(header, rows) + [""]
+                         number(p["mean_difference"]), f"[{number(p['ci_low'])}, {number(p['ci_high'])}]",
+                         number(p["median_difference"]), f"{p['wins']} / {p['ties']} / {p['losses']}",
+                         number(p["p_value"], 4) + (f" ({p['note']})" if p["note"] else "")])
+        lines += markdown_table(header, rows) + [""]
 
     lines += ["Sources:", ""] + [f"- {e['label']}: `{e['folder']}` ({e['source']})" for e in entries] + [""]
     if group.get("plots"):
@@ -131,16 +133,16 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
         if "error" in net:
             cells = [f"n/a ({net['error']})"] + ["n/a"] * 5
         else:
-            cells = [_num(values["params"] / 1e6 if values["params"] is not None else None, 3),
-                     _num(values["flops_forward"] / 1e9 if values["flops_forward"] is not None else None, 2),
-                     _num(values["flops_train"] / 1e9 if values["flops_train"] is not None else None, 2),
-                     _num(values["step_time_s"], 3), _num(values["cpu_time_s"], 3),
-                     _num(values["peak_memory_bytes"] / 2 ** 20 if values["peak_memory_bytes"] is not None
+            cells = [number(values["params"] / 1e6 if values["params"] is not None else None, 3),
+                     number(values["flops_forward"] / 1e9 if values["flops_forward"] is not None else None, 2),
+                     number(values["flops_train"] / 1e9 if values["flops_train"] is not None else None, 2),
+                     number(values["step_time_s"], 3), number(values["cpu_time_s"], 3),
+                     number(values["peak_memory_bytes"] / 2 ** 20 if values["peak_memory_bytes"] is not None
                           else None, 0)]
         fold_errors = [f"fold {k}: {f['error']}" for k, f in folds.items() if "error" in f]
-        cells += [_num(wall / 60 if wall is not None else None, 2) + (f" ({'; '.join(fold_errors)})"
+        cells += [number(wall / 60 if wall is not None else None, 2) + (f" ({'; '.join(fold_errors)})"
                                                                          if fold_errors else ""),
-                  str(epochs), _num(sum(medians) / len(medians) if medians else None, 2)]
+                  str(epochs), number(sum(medians) / len(medians) if medians else None, 2)]
         rows.append([label] + cells)
         if base is None:
             base = (label, values)
@@ -149,9 +151,9 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
             for key in ("params", "flops_forward", "flops_train", "step_time_s", "cpu_time_s", "peak_memory_bytes",
                         "wall"):
                 b, v = base[1][key], values[key]
-                ratio.append(_num(v / b, 2) + "x" if b and v is not None else "n/a")
+                ratio.append(number(v / b, 2) + "x" if b and v is not None else "n/a")
             rows.append([f"{label} / {base[0]}"] + ratio + ["", ""])
-    lines += _table(header, rows) + [""]
+    lines += markdown_table(header, rows) + [""]
     measured = [e["network"] for e in efficiency.values() if e.get("network") and "error" not in e["network"]]
     if measured:
         m = measured[0]
@@ -176,8 +178,8 @@ def _find_pair(group: dict, a: str, b: str) -> dict | None:
 
 
 def _pair_line(p: dict, what: str) -> str:
-    return (f"- {what}: {_num(p['mean_b'])} vs {_num(p['mean_a'])}, difference {p['mean_difference']:+.4f} "
-            f"[95% CI {p['ci_low']:+.4f}, {p['ci_high']:+.4f}], Wilcoxon p = {_num(p['p_value'], 3)}, "
+    return (f"- {what}: {number(p['mean_b'])} vs {number(p['mean_a'])}, difference {p['mean_difference']:+.4f} "
+            f"[95% CI {p['ci_low']:+.4f}, {p['ci_high']:+.4f}], Wilcoxon p = {number(p['p_value'], 3)}, "
             f"better on {p['wins']} of {p['n']} cases")
 
 

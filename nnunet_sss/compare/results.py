@@ -36,6 +36,10 @@ class ComparisonInputError(RuntimeError):
         self.problems = list(problems)
         super().__init__("cannot compare, the inputs do not match:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
+    def one_line(self) -> str:
+        """Every problem on one line, for a command's stderr."""
+        return "; ".join(self.problems)
+
 
 @dataclass
 class Entry:
@@ -69,12 +73,12 @@ def results_root(results_dir: str | os.PathLike | None) -> Path:
     return root
 
 
-def dataset_name(root: Path, dataset: str | int) -> str:
-    """DatasetXXX_Name from an id or a name, looked up in the results folder."""
+def dataset_name(root: Path, dataset: str | int, holds: str = "results") -> str:
+    """DatasetXXX_Name from an id or a name, looked up in `root` (a folder of `holds`)."""
     text = str(dataset)
     if text.startswith("Dataset"):
         if not (root / text).is_dir():
-            raise ComparisonInputError([f"no folder {root / text}: dataset {text} has no results"])
+            raise ComparisonInputError([f"no folder {root / text}: dataset {text} has no {holds}"])
         return text
     try:
         prefix = f"Dataset{int(text):03d}_"
@@ -88,6 +92,18 @@ def dataset_name(root: Path, dataset: str | int) -> str:
 
 def model_identifier(trainer: str, plans: str, configuration: str) -> str:
     return f"{trainer}__{plans}__{configuration}"
+
+
+def model_specs(trainers: Sequence[str], plans: Sequence[str],
+                configurations: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(trainer, plans, configuration) of every model: each trainer with each plans identifier and
+    configuration, except that `TRAINER:PLANS` pins that trainer to its own plans."""
+    specs = []
+    for text in trainers:
+        trainer, _, own = text.partition(":")
+        for configuration in configurations:
+            specs += [(trainer, p, configuration) for p in ([own] if own else plans)]
+    return specs
 
 
 def folds_string(folds: Sequence[int | str]) -> str:
@@ -141,8 +157,9 @@ def read_summary(path: Path, file_ending: str | None, problems: list[str]) -> tu
 
 
 def load_model(root: Path, dataset: str, trainer: str, plans: str, configuration: str,
-               folds: Sequence[int | str], problems: list[str]) -> Entry | None:
-    """A trained model's validation results pooled over `folds`; problems are appended, not raised."""
+               folds: Sequence[int | str], problems: list[str], crossval_fallback: bool = True) -> Entry | None:
+    """A trained model's validation results pooled over `folds`; problems are appended, not raised.
+    Without crossval_fallback every fold summary must be there."""
     identifier = model_identifier(trainer, plans, configuration)
     folder = root / dataset / identifier
     if not folder.is_dir():
@@ -153,7 +170,7 @@ def load_model(root: Path, dataset: str, trainer: str, plans: str, configuration
                   configuration=configuration)
     crossval = folder / f"crossval_results_folds_{folds_string(folds)}" / "summary.json"
     missing = [f for f in folds if not (folder / f"fold_{f}" / "validation" / "summary.json").is_file()]
-    if missing and crossval.is_file():
+    if missing and crossval_fallback and crossval.is_file():
         loaded = read_summary(crossval, file_ending, problems)
         if loaded is None:
             return None

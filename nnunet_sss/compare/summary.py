@@ -25,18 +25,19 @@ OVERLAP_METRICS = ("Dice", "IoU")
 
 
 def short_labels(entries: Sequence[Entry]) -> dict[str, str]:
-    """Entry name -> a short label: the trainer alone when plans and configuration are shared."""
+    """Entry name -> a short label: the trainer alone where that tells the models apart, else
+    trainer__plans, else the full identifier; an ensemble of models is named by its members' labels."""
     models = [e for e in entries if e.kind == "model"]
-    shared = len({(e.plans, e.configuration) for e in models}) <= 1
-    labels = {}
+    for key in (lambda e: e.trainer, lambda e: f"{e.trainer}__{e.plans}", lambda e: e.name):
+        if len({key(e) for e in models}) == len(models):
+            break
+    labels = {e.name: key(e) for e in models}
     for e in entries:
-        if e.kind == "model" and shared:
-            labels[e.name] = e.trainer
-        elif e.kind == "ensemble" and shared:
-            inner = e.name[len("ensemble("):-1].split(" + ")
-            labels[e.name] = "ensemble(" + " + ".join(m.split("__")[0] for m in inner) + ")"
-        else:
-            labels[e.name] = e.name
+        if e.kind == "model":
+            continue
+        members = e.name[len("ensemble("):-1].split(" + ") if e.name.startswith("ensemble(") else []
+        known = members and all(m in labels for m in members)
+        labels[e.name] = "ensemble(" + " + ".join(labels[m] for m in members) + ")" if known else e.name
     return labels
 
 
@@ -95,14 +96,19 @@ def summarise_entry(entry: Entry, label: str, resamples: int, seed: int) -> dict
 
 
 def build_group(entries: Sequence[Entry], resamples: int, seed: int,
-                paired_metrics: Sequence[str] = OVERLAP_METRICS) -> dict:
-    """Everything about one set of entries that share their cases (checked before this is called)."""
+                paired_metrics: Sequence[str] = OVERLAP_METRICS,
+                pairs: Sequence[tuple[int, int]] | None = None) -> dict:
+    """Everything about one set of entries that share their cases (checked before this is called).
+
+    `pairs` lists (i, j) entry indices to compare (difference = entries[j] - entries[i]); every
+    pair in entry order when None."""
     labels = short_labels(entries)
     summaries = [summarise_entry(e, labels[e.name], resamples, seed) for e in entries]
     cases = entries[0].cases if entries else []
     classes = class_keys(entries[0]) if entries else []
     paired = []
-    for a, b in combinations(entries, 2):
+    for i, j in combinations(range(len(entries)), 2) if pairs is None else pairs:
+        a, b = entries[i], entries[j]
         for metric in paired_metrics:
             if metric not in metric_names(a):
                 continue

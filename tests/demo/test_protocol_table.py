@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from nnunet_sss.bench import protocol
+from nnunet_sss.bench.study_report import iterations_per_epoch
 
 from .conftest import CONFIGURATION, TRAINERS, clean_env
 
@@ -48,7 +49,9 @@ def test_plans_must_pair_with_trainers():
         protocol.main(["run", "-tr", "a", "b", "c", "-p", "p1", "p2"])
 
 
-def test_iterations_per_epoch_follow_the_schedule_table():
-    assert protocol._iterations_per_epoch("nnUNetTrainerRWKVSSS_cpubudget") == 50
-    assert protocol._iterations_per_epoch("nnUNetTrainer_smoke") == 3
-    assert protocol._iterations_per_epoch("nnUNetTrainer") == 250
+def test_iterations_per_epoch_follow_debug_json_else_the_schedule_table(tmp_path):
+    assert iterations_per_epoch(tmp_path, "nnUNetTrainerRWKVSSS_cpubudget") == 50
+    assert iterations_per_epoch(tmp_path, "nnUNetTrainer_smoke") == 3
+    assert iterations_per_epoch(tmp_path, "nnUNetTrainer") == 250
+    (tmp_path / "debug.json").write_text(json.dumps({"num_iterations_per_epoch": "7"}))  # as nnU-Net writes it
+    assert iterations_per_epoch(tmp_path, "nnUNetTrainer") == 7
