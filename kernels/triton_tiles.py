@@ -4,7 +4,7 @@ instead of one step of BLOCK_C channels per loop iteration (triton_wkv.py's step
 
 Why: a step loop issues one small dependent load per step, so a program waits on memory latency
 CHUNK times; a tile load puts the whole chunk in flight at once. The maths, the chunk layout,
-the carries (triton_wkv._carry_kernel, shared) and the saved states are the step loops' own, so
+the carries (triton_wkv._carry_kernel, launched for both forms) and the saved states are the step loops' own, so
 `Launch(tile=True)` swaps these kernels in without changing anything else.
 
 Scans in tile form:
@@ -18,7 +18,7 @@ Scans in tile form:
 import triton
 import triton.language as tl
 
-from .triton_wkv import _kernel, _keys_values, _p_q, _program, _sequence, _store4, _store_keys
+from .triton_common import _kernel, _keys_values, _p_q, _program, _sequence, _store4, _store_keys
 
 
 @triton.jit

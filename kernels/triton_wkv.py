@@ -13,7 +13,8 @@ The same chunked scan as the C++ kernel (kernels/csrc/bi_wkv.cpp), spread over t
 
 so long sequences are parallel over their chunks and only T / chunk steps are sequential
 (`launch` sizes the chunks and the programs). The chunk kernels exist twice: the step loops
-below, and the same maths in tile form (kernels/triton_tiles.py, `Launch(tile=True)`).
+below, and the same maths in tile form (kernels/triton_tiles.py, `Launch(tile=True)`); the device
+functions both forms call live in kernels/triton_common.py.
 Inside a chunk the recurrences are plain fp32 loops over the steps (at most CHUNK roundings);
 every load is a contiguous run of BLOCK_C channels. Inputs are read in their own dtype and
 computed in fp32. Triton is imported here, and this module only when the backend is used.
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from . import triton_tiles
+from .triton_common import _decay_bonus, _kernel, _keys_values, _p_q, _program, _sequence, _store4, _store_keys
 
 CHUNK = 64  # steps per chunk (at least; shorter sequences use the next power of two >= T)
 MAX_CHUNKS = 512  # longer sequences get longer chunks
@@ -35,82 +39,11 @@ _PARTS_FWD = 4  # local sums per chunk: prefix (num, den) at its end, suffix (nu
 _PARTS_BWD = 8  # prefix P, Q, P2, Q2 and suffix S, R, S2, R2
 
 
-# Lengths and chunk counts change with every input size: compiling a variant per value (Triton
-# specialises integers equal to 1 or divisible by 16) would only add compile time.
-_kernel = triton.jit(do_not_specialize=["T", "n_chunks"])
-
-
-@triton.jit
-def _exp_diff(k, m):
-    """exp(k - m), compensating the rounding of k - m (TwoSum), as the C++ kernel does."""
-    s = k - m
-    b_virtual = s - k
-    err = (k - (s - b_virtual)) + (-m - b_virtual)
-    return tl.exp(s) * (1.0 + err)
-
-
-@triton.jit
-def _program(C, BLOCK_C: tl.constexpr):
-    """(sequence, chunk, channel offsets, channel mask) of this program."""
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return tl.program_id(0).to(tl.int64), tl.program_id(2), cols, cols < C
-
-
-@triton.jit
-def _decay_bonus(w_ptr, u_ptr, cols, cmask, length):
-    """lam = e^{-w/L} and e^{u/L} in fp32."""
-    inv_len = 1.0 / tl.maximum(length, 1).to(tl.float32)
-    lam = tl.exp(-tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
-    return lam, tl.exp(tl.load(u_ptr + cols, mask=cmask, other=0.0).to(tl.float32) * inv_len)
-
-
-@triton.jit
-def _sequence(len_ptr, w_ptr, u_ptr, max_ptr, centre_ptr, n, C, cols, cmask):
-    """Per-sequence constants: real length, lam, e^{u/L}, key max and centre."""
-    length = tl.load(len_ptr + n)
-    lam, bonus = _decay_bonus(w_ptr, u_ptr, cols, cmask, length)
-    m = tl.load(max_ptr + n * C + cols, mask=cmask, other=0.0)
-    ctr = tl.load(centre_ptr + n * C + cols, mask=cmask, other=0.0)
-    return length, lam, bonus, m, ctr
-
-
-@triton.jit
-def _keys_values(k_ptr, v_ptr, at, live, m, ctr):
-    """E = e^{k - max} and v - centre at one step (0 off the real tokens)."""
-    kk = tl.load(k_ptr + at, mask=live, other=0.0).to(tl.float32)
-    vc = tl.load(v_ptr + at, mask=live, other=0.0).to(tl.float32) - ctr
-    return tl.where(live, _exp_diff(kk, m), 0.0), tl.where(live, vc, 0.0)
-
-
-@triton.jit
-def _p_q(g_ptr, den_ptr, yc_ptr, at, live):
-    """p = dL/dnum = g / den and q = dL/dden = -p (y - centre) at one step (0 off the real tokens)."""
-    p = tl.where(live, tl.load(g_ptr + at, mask=live, other=0.0).to(tl.float32)
-                 / tl.load(den_ptr + at, mask=live, other=1.0), 0.0)
-    return p, -p * tl.load(yc_ptr + at, mask=live, other=0.0)
-
-
 @triton.jit
 def _scan_step(lam, x, y, x2, y2, dx, dy):
     """One step of the scans of p and q and of their distance-weighted sums:
     x2 <- lam (x2 + x), x <- lam x + dx (the same for y)."""
     return lam * x + dx, lam * y + dy, lam * (x2 + x), lam * (y2 + y)
-
-
-@triton.jit
-def _store4(ptr, at, C, cmask, a, b, c, d):
-    """Four per-channel vectors of a chunk, C apart (the chunk sums and keys outputs)."""
-    tl.store(ptr + at, a, mask=cmask)
-    tl.store(ptr + at + C, b, mask=cmask)
-    tl.store(ptr + at + 2 * C, c, mask=cmask)
-    tl.store(ptr + at + 3 * C, d, mask=cmask)
-
-
-@triton.jit
-def _store_keys(max_ptr, centre_ptr, n, j, n_chunks, C, cols, cmask, best, centre):
-    out = (n * n_chunks + j) * C + cols
-    tl.store(max_ptr + out, best, mask=cmask)
-    tl.store(centre_ptr + out, centre, mask=cmask)
 
 
 @_kernel
@@ -312,7 +245,7 @@ class Launch:
         """(keys, forward local, forward out, backward local, backward out) kernels."""
         if not self.tile:
             return _keys_kernel, _fwd_local_kernel, _fwd_out_kernel, _bwd_local_kernel, _bwd_out_kernel
-        from . import triton_tiles as tt
+        tt = triton_tiles
         return (tt._keys_tile_kernel, tt._fwd_local_tile_kernel, tt._fwd_out_tile_kernel,
                 tt._bwd_local_tile_kernel, tt._bwd_out_tile_kernel)
 

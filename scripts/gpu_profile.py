@@ -15,7 +15,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch.profiler import ProfilerActivity, profile
 
-from nnunet_sss.bench.measure import _forward_backward, _time_steps
+from nnunet_sss.measure import _forward_backward, _time_steps
 from nnunet_sss.bench.network import PLANS
 from nnunet_sss.network import RWKVSSSUNet, block
 

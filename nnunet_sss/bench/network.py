@@ -8,10 +8,13 @@ input size.
     python -m nnunet_sss.bench.network --option 'rwkv_depths=[0,0,1,1]'   # any RWKVSSSUNet option
     python -m nnunet_sss.bench.network --params                           # parameter table only
     python -m nnunet_sss.bench.network --count-ops --plans hippocampus3d  # ops per step (GPU launches)
+    python -m nnunet_sss.bench.network --count-ops --by-op --plans hippocampus3d   # ... and which ops
+    python -m nnunet_sss.bench.network --host-syncs --plans hippocampus3d  # ops that stop the host
+    python -m nnunet_sss.bench.network --saved-bytes --plans hippocampus3d   # bytes saved for backward
     python -m nnunet_sss.bench.network --breakdown --plans hippocampus3d --batch 2   # where a step's time goes
 
 Every ratio compares two networks measured in the same run, one after the other, with
-`nnunet_sss.bench.measure.measure_network` (see there for how each figure is taken). A
+`nnunet_sss.measure.measure_network` (see there for how each figure is taken). A
 measurement whose estimated memory exceeds what the machine has free is skipped and says so.
 Goals (issue 4): parameters <= 0.8x, peak training memory <= 0.77x, train-step time <= 1.0x,
 and time and memory growing linearly with the number of voxels.
@@ -31,7 +34,9 @@ import torch
 from torch import nn
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from nnunet_sss.bench.measure import count_ops, measure_network, step_breakdown
+from nnunet_sss.measure import (_cuda_peak_memory, _live_tensor_peak, measure_network, saved_bytes,
+                                step_breakdown, whole_batch)
+from nnunet_sss.step_ops import count_ops, host_syncs
 from nnunet_sss.network.unet import RWKVSSSUNet
 
 GOALS = {"params": 0.8, "memory": 0.77, "time": 1.0}
@@ -196,13 +201,20 @@ def sweep(kind: str, options: dict, args) -> list:
     return out
 
 
+def _both(plan: dict, options: dict):
+    """(label, network) of PlainConvUNet and RWKV-SSS built from the plan, each from seed 0."""
+    torch.manual_seed(0)
+    yield "PlainConvUNet", PlainConvUNet(**plan["kwargs"])
+    torch.manual_seed(0)
+    yield "RWKV-SSS", RWKVSSSUNet(**plan["kwargs"], **options)
+
+
 def breakdown_table(name: str, plan: dict, options: dict, device: str) -> dict:
     """One profiled forward+backward of each network, its self time per kind of op side by side."""
     shape = (plan["kwargs"]["input_channels"], *plan["patch"])
     parts = {}
-    for label, build in (("PlainConvUNet", PlainConvUNet), ("RWKV-SSS", lambda **kw: RWKVSSSUNet(**kw, **options))):
-        torch.manual_seed(0)
-        parts[label] = step_breakdown(build(**plan["kwargs"]).to(device), shape, plan["batch"], device)
+    for label, network in _both(plan, options):
+        parts[label] = step_breakdown(network.to(device), shape, plan["batch"], device)
     clock = "GPU" if device.startswith("cuda") else "CPU"
     print(f"\n## {name}: where one forward+backward's {clock} time goes (profiler self time, ms), "
           f"batch {plan['batch']}")
@@ -212,6 +224,83 @@ def breakdown_table(name: str, plan: dict, options: dict, device: str) -> dict:
         ours = parts["RWKV-SSS"][part]
         print(f"| {part:26s} | {base:13.1f} | {ours:9.1f} | {ours - base:+10.1f} |", flush=True)
     return parts
+
+
+def op_table(name: str, plan: dict, options: dict, top: int = 0) -> dict:
+    """Ops of one forward+backward at batch 1, custom ops' own ops included (nnunet_sss.step_ops);
+    with `top`, the most dispatched ops of each network side by side."""
+    shape = (plan["kwargs"]["input_channels"], *plan["patch"])
+    counts = {label: count_ops(network, shape) for label, network in _both(plan, options)}
+    base, ours = counts["PlainConvUNet"], counts["RWKV-SSS"]
+    inside = {label: sum(count.inside.values()) for label, count in counts.items()}
+    print(f"{name}: aten ops per forward+backward (batch 1): PlainConvUNet {base.total}, "
+          f"RWKV-SSS {ours.total} ({ours.total / base.total:.1f}x), options {options or 'defaults'}; "
+          f"views among them: {base.views} and {ours.views}; "
+          f"run inside custom ops: {inside['PlainConvUNet']} and {inside['RWKV-SSS']}", flush=True)
+    if top:
+        print(f"\n| op | PlainConvUNet | RWKV-SSS |\n|---|---|---|")
+        for op, n in ours.by_op.most_common(top):
+            print(f"| {op} | {base.by_op[op]} | {n} |")
+        rest = ours.total - sum(n for _, n in ours.by_op.most_common(top))
+        print(f"| (other {len(ours.by_op) - min(top, len(ours.by_op))} ops) | | {rest} |")
+        for label, count in counts.items():
+            if count.inside:
+                print(f"{label}, ops run inside each custom op: "
+                      + ", ".join(f"{op} {n} (+{count.by_op[op]} the op itself)" for op, n in count.inside.most_common()))
+        print(flush=True)
+    return counts
+
+
+def sync_table(name: str, plan: dict, options: dict) -> dict:
+    """Ops of one forward+backward at batch 1 that stop the host, per network, with their caller."""
+    shape = (plan["kwargs"]["input_channels"], *plan["patch"])
+    found = {}
+    for label, network in _both(plan, options):
+        found[label] = host_syncs(network, shape)
+        print(f"{name}, {label}: {len(found[label])} ops that stop the host per forward+backward", flush=True)
+        for sync in found[label]:
+            print(f"  {sync.op} at {sync.where}" + (f" (inside {sync.within})" if sync.within else "")
+                  + f": {sync.reason}")
+    return found
+
+
+def saved_bytes_table(name: str, plan: dict, options: dict, device: str) -> dict:
+    """Bytes saved for backward and the live-tensor peak of one train step of each network at the
+    plan's batch, fp32 on the CPU, checkpointed layers rebuilt whole (`whole_batch`); where CUDA
+    is available also torch.cuda.max_memory_allocated of the same step, fp32 and fp16 autocast."""
+    shape = (plan["kwargs"]["input_channels"], *plan["patch"])
+    x = torch.randn((plan["batch"], *shape), generator=torch.Generator().manual_seed(0))
+    rows = {"saved for backward, end of forward": {}, "saved for backward, peak (with recomputation)": {},
+            "parameters saved (apart)": {}, "live tensors, peak": {}}
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if cuda:
+        rows.update({"CUDA max allocated, fp32": {}, "CUDA max allocated, fp16 autocast": {}})
+    for label, network in _both(plan, options):
+        need, free = _estimated_bytes(network, plan["patch"], plan["batch"]), _available_bytes()
+        if free is not None and need > 0.8 * free:
+            print(f"{name}, {label}: skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free", flush=True)
+            return None
+        network.train()
+        with whole_batch():
+            saved = saved_bytes(network, x)
+            rows["live tensors, peak"][label] = _live_tensor_peak(network, x, False)
+        rows["saved for backward, end of forward"][label] = saved.forward
+        rows["saved for backward, peak (with recomputation)"][label] = saved.peak
+        rows["parameters saved (apart)"][label] = saved.parameters
+        if cuda:
+            network, gpu_x = network.to(device), x.to(device)
+            rows["CUDA max allocated, fp32"][label] = _cuda_peak_memory(network, gpu_x, False)
+            rows["CUDA max allocated, fp16 autocast"][label] = _cuda_peak_memory(network, gpu_x, True)
+            network.cpu()
+    print(f"\n## {name}: bytes of one train step, patch {plan['patch']}, batch {plan['batch']}, "
+          f"checkpointed layers rebuilt for the whole batch")
+    print(f"| {'':46s} | {'PlainConvUNet':>13s} | {'RWKV-SSS':>9s} | ratio |\n|{'-' * 48}|{'-' * 15}|{'-' * 11}|-------|")
+    for title, row in rows.items():
+        a, b = row["PlainConvUNet"], row["RWKV-SSS"]
+        r = _ratio(b, a)
+        print(f"| {title:46s} | {_fmt(a, 'MiB'):>13s} | {_fmt(b, 'MiB'):>9s} | "
+              f"{'-' if r is None else f'{r:.2f}x':>5s} |", flush=True)
+    return rows
 
 
 def _cpu_name() -> str:
@@ -272,22 +361,21 @@ def main(argv=None) -> int:
     parser.add_argument("--params", action="store_true", help="only print the parameter table of all plans")
     parser.add_argument("--count-ops", action="store_true",
                         help="only count the aten ops of one forward+backward (batch 1) of each plan's networks")
+    parser.add_argument("--by-op", type=int, nargs="?", const=20, default=0, metavar="N",
+                        help="with --count-ops: also the N most dispatched ops of each network (default 20)")
+    parser.add_argument("--host-syncs", action="store_true",
+                        help="only list the ops of one forward+backward (batch 1) that stop the host")
+    parser.add_argument("--saved-bytes", action="store_true",
+                        help="only measure bytes saved for backward and the live-tensor peak of one train step, "
+                             "checkpointed layers rebuilt for the whole batch as on a GPU")
     parser.add_argument("--breakdown", action="store_true",
                         help="only profile one forward+backward of each plan's networks: time per kind of op")
     args = parser.parse_args(argv)
     if args.params:
         parameter_table()
         return 0
-    if args.count_ops:
-        options = dict(_parse_option(o) for o in args.option)
-        for name in args.plans:
-            plan = PLANS[name]
-            shape = (plan["kwargs"]["input_channels"], *plan["patch"])
-            base = count_ops(PlainConvUNet(**plan["kwargs"]), shape)
-            ours = count_ops(RWKVSSSUNet(**plan["kwargs"], **options), shape)
-            print(f"{name}: aten ops per forward+backward (batch 1): PlainConvUNet {base}, "
-                  f"RWKV-SSS {ours} ({ours / base:.1f}x), options {options or 'defaults'}")
-        return 0
+    if args.by_op and not args.count_ops:
+        parser.error("--by-op lists the ops --count-ops counts: use it with --count-ops")
     if args.compile and not args.device.startswith("cuda"):
         parser.error("--compile measures what nnU-Net does on a GPU (it never compiles on the CPU): use it with CUDA")
     if args.threads:
@@ -300,10 +388,15 @@ def main(argv=None) -> int:
     plans = {"plans-file": plans_from_file(args.plans_file, args.configuration)} if args.plans_file else \
         {name: PLANS[name] for name in args.plans}
     plans = {name: dict(plan, batch=args.batch or plan["batch"]) for name, plan in plans.items()}
-    if args.breakdown:
-        for name, plan in plans.items():
-            breakdown_table(name, plan, options, args.device)
-        return 0
+    only = {"count_ops": lambda name, plan: op_table(name, plan, options, args.by_op),  # batch 1
+            "host_syncs": lambda name, plan: sync_table(name, plan, options),  # batch 1
+            "saved_bytes": lambda name, plan: saved_bytes_table(name, plan, options, args.device),
+            "breakdown": lambda name, plan: breakdown_table(name, plan, options, args.device)}
+    for flag, table in only.items():
+        if getattr(args, flag):
+            for name, plan in plans.items():
+                table(name, plan)
+            return 0
     report = {"options": options, "plans": {}, "sweeps": {}}
     for name, plan in plans.items():
         report["plans"][name] = compare_plan(name, plan, options, args)

@@ -1,5 +1,5 @@
 """The cost side of a comparison: training wall time from nnU-Net's logs, and each trainer's
-network measured by nnunet_sss.bench.measure.measure_network, built exactly as nnU-Net builds
+network measured by nnunet_sss.measure.measure_network, built exactly as nnU-Net builds
 it (the trainer's build_network_architecture on the plans.json stored with the results)."""
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def build_trainer_network(model_folder: Path, trainer: str, configuration: str):
 def measure_trainer_network(model_folder: Path, trainer: str, configuration: str, *, device: str = "cpu",
                             steps: int = 5, warmup: int = 2, memory: bool = True) -> dict:
     """measure_network's numbers for this model's network at its plans' patch and batch size."""
-    from nnunet_sss.bench.measure import measure_network
+    from nnunet_sss.measure import measure_network
 
     network, input_shape, batch_size = build_trainer_network(model_folder, trainer, configuration)
     measured = measure_network(network, input_shape, batch_size, device=device, steps=steps, warmup=warmup,

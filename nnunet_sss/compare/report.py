@@ -157,7 +157,7 @@ def _efficiency_markdown(efficiency: dict) -> list[str]:
     measured = [e["network"] for e in efficiency.values() if e.get("network") and "error" not in e["network"]]
     if measured:
         m = measured[0]
-        lines += [f"Network numbers: nnunet_sss.bench.measure.measure_network on {m['device']}, batch "
+        lines += [f"Network numbers: nnunet_sss.measure.measure_network on {m['device']}, batch "
                   f"{m['batch_size']}, input {tuple(m['input_shape'])}, amp {m['amp']}, median of "
                   f"{len(m['step_times_s'])} train steps; peak memory by {m['memory_method']}. Each network is "
                   "built by its trainer's build_network_architecture from the results folder's plans.json. "

@@ -47,7 +47,7 @@ def test_missing_compiler_falls_back_to_torch_with_one_warning(monkeypatch, fres
 def test_missing_triton_on_cuda_falls_back_to_torch_with_one_warning(monkeypatch, fresh_backend_caches):
     """(Resolved for a CUDA device without tensors: this machine has no GPU.)"""
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
-    for name in ("triton_wkv", "triton_tiles"):  # as if never imported (other tests import them)
+    for name in ("triton_wkv", "triton_tiles", "triton_common"):  # as if never imported (other tests import them)
         monkeypatch.delitem(sys.modules, f"nnunet_sss.kernels.{name}", raising=False)
         monkeypatch.delattr(nnunet_sss.kernels, name, raising=False)
     with warnings.catch_warnings(record=True) as caught:

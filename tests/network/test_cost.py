@@ -6,7 +6,7 @@ from torch import nn
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 
 import nnunet_sss.network.block as block_module
-from nnunet_sss.bench.measure import _live_tensor_peak
+from nnunet_sss.measure import _live_tensor_peak
 from nnunet_sss.network.block import RWKVLayer, RWKVStage, StageScanBlock
 from nnunet_sss.network.unet import RWKVSSSUNet
 from nnunet_sss.network.cost import CONV_ELEMENTS_PER_UNIT, layer_elements

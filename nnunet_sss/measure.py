@@ -21,12 +21,22 @@ How each number is taken (so that two networks measured the same way compare fai
   SGD step, zero_grad) after warm-up steps; CUDA is synchronised around each step. Also the
   median process CPU time of a step: on a loaded shared machine it moves less than wall time
   (with one intra-op thread it is the cleanest figure to compare two networks by).
+- bytes saved for backward (`saved_bytes`): what autograd holds for backward during one train
+  step, counted with `torch.autograd.graph.saved_tensors_hooks`, one storage once however many
+  saved tensors view it. Parameters are reported apart (they are held anyway); everything else
+  (the input batch, activations, copies of parameters such as fp16 casts) counts. Two figures:
+  what is held when the forward and the loss end, and the most held at once over the whole step,
+  which includes what activation checkpointing saves while it recomputes a region in backward
+  (those tensors go through torch.utils.checkpoint's own hooks, which this function observes).
+- `whole_batch()`: the mode a GPU runs the network in: the checkpointed RWKV layers rebuilt for
+  the whole batch at once, not in CPU micro-batches (nnunet_sss/network/block.py).
 The loss is cross-entropy against random labels for each output (deep-supervision lists: one
 term per output at that output's resolution), which costs the same as nnU-Net's loss up to
 the Dice term's elementwise work.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,11 +47,13 @@ import sys
 import tempfile
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
+import torch.utils.checkpoint as torch_checkpoint
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
@@ -133,30 +145,6 @@ def measure_network(
         result.cpu_time_s = statistics.median(cpu_times)
         network.load_state_dict(saved)  # the timed SGD steps leave the caller's weights as they were
     return result
-
-
-class _OpCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_ops(network: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> int:
-    """aten ops dispatched by one forward+backward (views included): in eager mode on a GPU each
-    non-view op is a kernel launch, so this is what bounds a small network's step there. One
-    untimed step first, so that cached set-up (scan plans) is not counted."""
-    x = torch.randn((batch_size, *input_shape))
-    _forward_backward(network, x, amp=False)
-    network.zero_grad(set_to_none=True)
-    counter = _OpCounter()
-    with counter:
-        _forward_backward(network, x, amp=False)
-    network.zero_grad(set_to_none=True)
-    return counter.ops
 
 
 # What one op's time is spent on, by its profiler name; the first pattern that matches wins.
@@ -362,3 +350,108 @@ def _time_steps(network, x, amp, steps, warmup, seed):
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
     return times, cpu_times
+
+
+@contextlib.contextmanager
+def whole_batch():
+    """Rebuild checkpointed RWKV layers for the whole batch at once, as on a GPU, on any device
+    (nnunet_sss/network/block.py splits the rebuild into micro-batches on the CPU)."""
+    from nnunet_sss.network.block import whole_batch_rebuild
+
+    with whole_batch_rebuild():
+        yield
+
+
+@dataclass
+class SavedBytes:
+    """Bytes autograd holds for backward over one train step, each storage counted once."""
+
+    forward: int      # held when the forward and the loss end (parameters apart)
+    peak: int         # most held at once over forward and backward, checkpoint recomputation included
+    parameters: int   # parameter storages saved (held anyway)
+
+
+class _SavedLedger:
+    """Storages held by saved tensors right now: a storage enters with its first saved tensor and
+    leaves when the last one is released (a saved tensor holds its storage alive, so a live
+    storage's address is never reused)."""
+
+    def __init__(self, parameters):
+        self.parameters = {_storage_key(p) for p in parameters}
+        self.parameter_bytes = {}
+        self.held = {}  # storage key -> [saved tensors holding it, bytes]
+        self.live = self.peak = 0
+
+    def hold(self, t: torch.Tensor) -> torch.Tensor:
+        """t counted until the returned tensor (what autograd keeps instead of t) is freed."""
+        key, nbytes = _storage_key(t), t.untyped_storage().nbytes()
+        if key in self.parameters:
+            self.parameter_bytes[key] = nbytes
+            return t
+        entry = self.held.setdefault(key, [0, nbytes])
+        if entry[0] == 0:
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        entry[0] += 1
+        kept = t.detach()
+        weakref.finalize(kept, self._release, key)
+        return kept
+
+    def _release(self, key):
+        entry = self.held[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self.held[key]
+
+
+def _storage_key(t: torch.Tensor):
+    storage = t.untyped_storage()
+    return storage.device, storage.data_ptr()
+
+
+@contextlib.contextmanager
+def _recomputation_saved_into(ledger: _SavedLedger):
+    """Route what torch.utils.checkpoint saves while recomputing a region in backward through
+    `ledger` too: the recomputation pushes its own saved-tensor hooks (above any of the caller's)."""
+    hook = getattr(torch_checkpoint, "_recomputation_hook", None)
+    if hook is None:
+        raise RuntimeError(f"saved_bytes: torch {torch.__version__} has no torch.utils.checkpoint."
+                           "_recomputation_hook, so tensors saved by checkpoint recomputation cannot be counted")
+
+    class Observed(hook):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            recompute = self.pack_hook
+
+            def pack_hook(x):
+                return recompute(ledger.hold(x))
+
+            pack_hook._checkpoint_internal = True  # checkpoint tells its own hooks from the caller's by this
+            self.pack_hook = pack_hook
+
+    torch_checkpoint._recomputation_hook = Observed
+    try:
+        yield
+    finally:
+        torch_checkpoint._recomputation_hook = hook
+
+
+def saved_bytes(network: nn.Module, x: torch.Tensor, amp: bool = False) -> SavedBytes:
+    """Bytes saved for backward by one train step of `network` on batch x (see the module's
+    docstring for what counts). One untimed step first, so that cached set-up is not counted."""
+    network.zero_grad(set_to_none=True)
+    _forward_backward(network, x, amp)
+    network.zero_grad(set_to_none=True)
+    ledger = _SavedLedger(network.parameters())
+    with torch.autograd.graph.saved_tensors_hooks(ledger.hold, lambda kept: kept), \
+            _recomputation_saved_into(ledger):
+        with _autocast(x.device, amp):
+            out = network(x)
+        loss = _loss(out)
+        forward = ledger.live
+        del out
+        loss.backward()
+    del loss
+    network.zero_grad(set_to_none=True)
+    return SavedBytes(forward=forward, peak=ledger.peak, parameters=sum(ledger.parameter_bytes.values()))
