@@ -70,9 +70,9 @@ def _network_cost(folder: Path, trainer: str, configuration: str, ops: bool) -> 
     out = {"params_M": sum(p.numel() for p in network.parameters()) / 1e6, "input_shape": list(input_shape),
            "batch_size": batch_size}
     if ops:
-        from nnunet_sss.bench.measure import count_ops
+        from nnunet_sss.step_ops import count_ops
 
-        out["aten_ops"] = count_ops(network, input_shape, batch_size)
+        out["aten_ops"] = count_ops(network, input_shape, batch_size).total
     return out
 
 
@@ -472,6 +472,6 @@ def markdown(report: dict) -> list[str]:
               "by the iterations per epoch (debug.json); it includes the epoch's validation iterations, and "
               "compares only folds trained on the same machine (column machine(s)).",
               "- Parameters and aten ops: the network each trainer's build_network_architecture makes from the "
-              "results folder's plans.json; aten ops (optional) are counted by nnunet_sss.bench.measure.count_ops "
+              "results folder's plans.json; aten ops (optional) are counted by nnunet_sss.step_ops.count_ops "
               "for one forward+backward at the plans' batch size on the CPU.", ""]
     return lines
