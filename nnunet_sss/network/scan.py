@@ -154,12 +154,14 @@ def _build_plan(map_size: Tuple[int, ...], window: Tuple[int, ...],
             index[k, window_ids, :length] = positions
             valid[k, window_ids, :length] = True
 
+    # the inverse, without boolean-mask indexing (whose data-dependent shape breaks a torch.compile
+    # graph when a forward meets a new map size): padding slots write into a spare column
     slots = torch.arange(n_orders * n_windows * seq_len, dtype=torch.long).view(n_orders, -1)
-    inverse = torch.empty((n_orders, n_tokens), dtype=torch.long)
     flat_index, flat_valid = index.view(n_orders, -1), valid.view(n_orders, -1)
-    for k in range(n_orders):
-        inverse[k, flat_index[k][flat_valid[k]]] = slots[k][flat_valid[k]]
-    full = bool(valid.all())
+    target = torch.where(flat_valid, flat_index, torch.full_like(flat_index, n_tokens))
+    inverse = torch.zeros((n_orders, n_tokens + 1), dtype=torch.long).scatter_(1, target, slots)[:, :n_tokens]
+    inverse = inverse.contiguous()
+    full = all(len(set(lengths_a)) == 1 for lengths_a in parts)  # every window of the longest shape
     return ScanPlan(
         map_size=tuple(map_size), window=longest, n_orders=n_orders, n_windows=n_windows,
         seq_len=seq_len, index=index.view(-1), inverse=inverse,
@@ -171,9 +173,12 @@ def _build_plan(map_size: Tuple[int, ...], window: Tuple[int, ...],
 _DEVICE_PLANS: dict = {}
 
 
+@torch.compiler.assume_constant_result
 def scan_plan(map_size: Sequence[int], window: Sequence[Optional[int]],
               orders: Sequence[Sequence[int]], snake: bool, device=None) -> ScanPlan:
-    """The cached plan for this partition, with its tensors on `device`."""
+    """The cached plan for this partition, with its tensors on `device`. torch.compile runs it
+    while tracing and keeps the plan as a constant of the graph (a plan is a function of the map
+    size alone), so a forward at a new map size traces in one graph too."""
     key = (tuple(int(s) for s in map_size), clip_window(window, map_size),
            tuple(tuple(o) for o in orders), bool(snake))
     device = torch.device("cpu") if device is None else torch.device(device)
