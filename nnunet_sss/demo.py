@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_sss.checks import UsageError, int_at_least, read_json, writable_folder
+
 BASELINE = "nnUNetTrainer"
 RWKVSSS = "nnUNetTrainerRWKVSSS"
 PHANTOM_ID, PHANTOM_NAME = 990, "Phantom"
@@ -48,8 +50,8 @@ BUDGETS = {
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_\S+$")
 
 
-class DemoError(RuntimeError):
-    """A demo step failed; the message names the step and its log."""
+class DemoError(UsageError):
+    """The demo cannot go on: the message names the step or input, what is wrong and the log."""
 
 
 def cpu_seconds() -> float:
@@ -128,8 +130,9 @@ def run_tool(command: list[str], env: dict, log: Path, echo=None) -> None:
                 echo(line)
         code = proc.wait()
     if code != 0:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise DemoError(f"{' '.join(command)} exited with {code}; full log: {log}\n--- last lines ---\n{tail}")
+        last = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        raise DemoError(f"{command[0]} exited with {code} ({last[0] if last else 'no output'}); "
+                        f"the command and its whole output: {log}")
 
 
 def nnunet_environment(work: Path, processes: int) -> dict:
@@ -148,12 +151,20 @@ def nnunet_environment(work: Path, processes: int) -> dict:
 def check_dataset(dataset: Path) -> tuple[int, str]:
     """(id, name) of a user's nnU-Net raw dataset folder, or a DemoError naming what is wrong."""
     dataset = dataset.resolve()
+    if not dataset.is_dir():
+        raise DemoError(f"--dataset {dataset}: no such folder; give an nnU-Net raw dataset folder (DatasetXXX_Name)")
     match = _DATASET_NAME.match(dataset.name)
     if not match:
         raise DemoError(f"--dataset {dataset}: the folder must be named DatasetXXX_Name (nnU-Net raw format)")
     for required in ("dataset.json", "imagesTr", "labelsTr"):
         if not (dataset / required).exists():
             raise DemoError(f"--dataset {dataset}: no {required} (not an nnU-Net raw dataset)")
+    description = read_json(dataset / "dataset.json", "dataset description")
+    missing = [k for k in ("labels", "numTraining", "file_ending") if k not in description]
+    missing += [] if "channel_names" in description or "modality" in description else ["channel_names"]
+    if missing:
+        raise DemoError(f"--dataset {dataset}: dataset.json lacks {', '.join(missing)} (see nnU-Net's "
+                        f"dataset_format.md)")
     return int(match.group(1)), dataset.name
 
 
@@ -203,11 +214,19 @@ def _device(requested: str) -> str:
 def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None, budget: str = "demo",
              configuration: str = "3d_fullres", fold: int = 0, trainers: tuple[str, str] = (BASELINE, RWKVSSS),
              device: str = "auto", processes: int | None = None, benchmark: bool = True, seed: int = 0) -> Path:
-    """The main job; returns the path of comparison.md."""
+    """The main job; returns the path of comparison.md. Input the user can fix is refused (a
+    DemoError or UsageError) before anything is written or imported that takes long."""
     if budget not in BUDGETS:
         raise DemoError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
     plan = BUDGETS[budget]
     suffix, num_train, num_test = plan.schedule, plan.num_train, plan.num_test
+    if dataset is None:
+        dataset_id, dataset_name, has_test = PHANTOM_ID, f"Dataset{PHANTOM_ID:03d}_{PHANTOM_NAME}", num_test > 0
+    else:
+        dataset_id, dataset_name = check_dataset(Path(dataset))
+        has_test = all((Path(dataset) / sub).is_dir() and any((Path(dataset) / sub).iterdir())
+                       for sub in ("imagesTs", "labelsTs"))
+    work = writable_folder(Path(output).resolve(), "output folder (-o)")
     from nnunet_sss.training import SCHEDULES, TRAINERS
 
     schedule = SCHEDULES[suffix]
@@ -215,7 +234,6 @@ def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None
     missing = [n for n in names if n not in TRAINERS]
     if missing:
         raise DemoError(f"no trainer {', '.join(missing)} in nnunet_sss.training (budget {budget!r})")
-    work = Path(output).resolve()
     # nnU-Net's worker pools start by spawning (a fresh interpreter importing torch each): on the
     # small phantom that costs more than it saves, so one worker; a real dataset gets up to four
     processes = processes or (1 if dataset is None else max(1, min(4, os.cpu_count() or 1)))
@@ -223,12 +241,6 @@ def run_demo(output: str | os.PathLike, dataset: str | os.PathLike | None = None
     env = nnunet_environment(work, processes)
     logs = work / "logs"
     raw = work / "nnUNet_raw"
-    if dataset is None:
-        dataset_id, dataset_name, has_test = PHANTOM_ID, f"Dataset{PHANTOM_ID:03d}_{PHANTOM_NAME}", num_test > 0
-    else:
-        dataset_id, dataset_name = check_dataset(Path(dataset))
-        has_test = all((Path(dataset) / sub).is_dir() and any((Path(dataset) / sub).iterdir())
-                       for sub in ("imagesTs", "labelsTs"))
     raw_dataset = raw / dataset_name
     progress = Progress(total=6 + (3 if has_test else 0))
     print(f"nnunet-sss demo: {names[0]} vs {names[1]}, {configuration}, fold {fold}, {schedule.epochs} epochs x "
@@ -357,7 +369,7 @@ def register(subparsers) -> None:
     p.add_argument("-tr", dest="trainers", nargs=2, default=[BASELINE, RWKVSSS], metavar=("BASELINE", "OTHER"),
                    help=f"the two trainers; the budget's schedule suffix is appended (default: {BASELINE} {RWKVSSS})")
     p.add_argument("-device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("-np", dest="processes", type=int, default=None,
+    p.add_argument("-np", dest="processes", type=int_at_least(1), default=None,
                    help="worker processes of nnU-Net's pools (default: 1 for the phantom, else min(4, cores))")
     p.add_argument("--no_benchmark", action="store_true", help="skip measuring the networks in the report")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic phantom (default: 0)")
@@ -365,12 +377,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nnunet_sss.compare.results import ComparisonInputError
-
-    try:
-        run_demo(args.output, args.dataset, args.budget, args.configuration, args.fold, tuple(args.trainers),
-                 args.device, args.processes, not args.no_benchmark, args.seed)
-    except (DemoError, ComparisonInputError) as exc:
-        print(f"nnunet-sss demo: {exc}", file=sys.stderr)
-        return 1
+    """A DemoError (or the comparison's input error) is the user's to fix: nnunet-sss prints it in one line."""
+    run_demo(args.output, args.dataset, args.budget, args.configuration, args.fold, tuple(args.trainers),
+             args.device, args.processes, not args.no_benchmark, args.seed)
     return 0

@@ -1,16 +1,19 @@
-"""`nnunet-sss env`: the nnUNet_extTrainer line to export, and a check of it.
+"""`nnunet-sss env`: the nnUNet_extTrainer line to export, and a check of nnU-Net's set-up.
 
 nnU-Net finds trainers outside its own package only through the folder(s) listed in
 nnUNet_extTrainer. `eval "$(nnunet-sss env)"` sets it for this shell (stdout holds nothing but
-the export line); `nnunet-sss env --check` says what is wrong and exits non-zero if the RWKV-SSS
-trainers cannot be found.
+the export line); `nnunet-sss env --check` says what is wrong, one line per problem, and exits
+non-zero if the RWKV-SSS trainers cannot be found or nnUNet_raw, nnUNet_preprocessed or
+nnUNet_results is unset or not a folder.
 """
 import contextlib
 import io
 import os
 import shlex
 import sys
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
+
+from nnunet_sss.checks import NNUNET_FOLDERS, UsageError, nnunet_folder
 
 VARIABLE = "nnUNet_extTrainer"
 PROBE_TRAINER = "nnUNetTrainerRWKVSSS"
@@ -47,14 +50,25 @@ def problem(environ: Mapping[str, str] = os.environ) -> Optional[str]:
         what = f"{VARIABLE}={value!r} does not list {ext_trainer_folder()}, so nnU-Net cannot find the RWKV-SSS trainers"
     else:
         return None
-    return f"{what}. Set it with:\n  {export_line(environ)}\nor: eval \"$(nnunet-sss env)\""
+    return f"{what}; set it with: {export_line(environ)} (or: eval \"$(nnunet-sss env)\")"
 
 
 def require_ext_trainer(environ: Mapping[str, str] = os.environ) -> None:
-    """Raise a RuntimeError naming nnUNet_extTrainer and the export line if it is not set right."""
+    """Raise a UsageError naming nnUNet_extTrainer and the export line if it is not set right."""
     message = problem(environ)
     if message:
-        raise RuntimeError(message)
+        raise UsageError(message)
+
+
+def folder_problems(environ: Mapping[str, str] = os.environ) -> List[str]:
+    """What is wrong with nnU-Net's folder variables (unset, or not naming a folder), one line each."""
+    found = []
+    for variable in NNUNET_FOLDERS:
+        try:
+            nnunet_folder(variable, environ)
+        except UsageError as error:
+            found.append(str(error))
+    return found
 
 
 def lookup_problem() -> Optional[str]:
@@ -67,7 +81,7 @@ def lookup_problem() -> Optional[str]:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
             found = recursive_find_trainer_class_by_name(PROBE_TRAINER)
     except Exception as error:  # nnU-Net imports every module of every listed folder
-        return f"nnU-Net's trainer lookup failed: {type(error).__name__}: {error}"
+        return f"nnU-Net's trainer lookup failed: {type(error).__name__}: {' '.join(str(error).split())}"
     if found is not TRAINERS[PROBE_TRAINER]:
         return (f"nnU-Net found {PROBE_TRAINER} in {found.__module__}, not in nnunet_sss.training: another "
                 f"folder in {VARIABLE} defines it; put {ext_trainer_folder()} first")
@@ -78,7 +92,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("env", help=f"print the {VARIABLE} export line (eval \"$(nnunet-sss env)\")",
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help=f"exit non-zero, saying why, unless nnU-Net finds {PROBE_TRAINER} through {VARIABLE}")
+                        help=f"exit non-zero, saying why, unless nnU-Net finds {PROBE_TRAINER} through {VARIABLE} "
+                             f"and {', '.join(NNUNET_FOLDERS)} name folders")
     parser.set_defaults(func=_run)
 
 
@@ -86,9 +101,12 @@ def _run(args) -> int:
     if not args.check:
         print(export_line())
         return 0
-    message = problem() or lookup_problem()
-    if message:
+    problems = [problem() or lookup_problem(), *folder_problems()]
+    problems = [p for p in problems if p]
+    for message in problems:
         print(f"nnunet-sss env --check: {message}", file=sys.stderr)
+    if problems:
         return 1
-    print(f"nnunet-sss env --check: ok, {VARIABLE} lists {ext_trainer_folder()}", file=sys.stderr)
+    print(f"nnunet-sss env --check: ok, {VARIABLE} lists {ext_trainer_folder()}; "
+          f"{', '.join(NNUNET_FOLDERS)} name folders", file=sys.stderr)
     return 0

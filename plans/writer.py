@@ -10,7 +10,10 @@ import json
 import os
 import sys
 from copy import deepcopy
+from pathlib import Path
 from typing import Mapping, Optional
+
+from nnunet_sss.checks import UsageError, dataset_folder, nnunet_folder, read_json
 
 from .architecture import rwkvsss_architecture
 from .presets import DEFAULT_PRESET, NETWORK_DEFAULTS, PRESETS, preset_options
@@ -36,41 +39,69 @@ def write_rwkvsss_plans(dataset: str, source_plans: str = "nnUNetPlans", plans_n
                         preset: str = DEFAULT_PRESET, overrides: Optional[Mapping] = None,
                         preprocessed_folder: Optional[str] = None) -> str:
     """Write `<plans_name>.json` beside `<source_plans>.json` in the dataset's preprocessed
-    folder and return its path. `dataset` is an ID (4) or a name (Dataset004_Hippocampus)."""
-    if preprocessed_folder is None:
-        from nnunetv2.paths import nnUNet_preprocessed
-        if not nnUNet_preprocessed.is_set():
-            raise RuntimeError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/"
-                               "nnUNet_preprocessed (the folder nnUNetv2_plan_and_preprocess wrote)")
-        preprocessed_folder = nnUNet_preprocessed.get()
-    folder = _dataset_folder(preprocessed_folder, str(dataset))
-    source_file = os.path.join(folder, source_plans + ".json")
-    if not os.path.isfile(source_file):
-        raise FileNotFoundError(f"no plans {source_file}: run nnUNetv2_plan_and_preprocess -d {dataset} "
-                                f"first (or name the source plans with -p)")
+    folder and return its path. `dataset` is an ID (4) or a name (Dataset004_Hippocampus).
+    Every configuration's network is built (on the meta device: no memory) before anything is
+    written, so an option value the network refuses fails here, not at training time. What the
+    user can fix raises a UsageError."""
+    root = nnunet_folder("nnUNet_preprocessed") if preprocessed_folder is None else Path(preprocessed_folder)
+    folder = dataset_folder(root, dataset, "nnUNet_preprocessed",
+                            f"run nnUNetv2_plan_and_preprocess -d {dataset} first, or give the dataset's full name")
     plans_name = plans_name or default_plans_name(source_plans, preset)
     if plans_name == source_plans:
-        raise ValueError(f"the new plans must not overwrite the source plans {source_plans!r}")
-    with open(source_file) as f:
-        plans = json.load(f)
-    new = rwkvsss_plans(plans, plans_name, preset_options(preset, **dict(overrides or {})))
-    target = os.path.join(folder, plans_name + ".json")
-    with open(target, "w") as f:
-        json.dump(new, f, indent=4)
-    return target
+        raise UsageError(f"the new plans must not overwrite the source plans {source_plans!r}: name them with -o")
+    if "/" in plans_name or os.sep in plans_name or "__" in plans_name or plans_name.endswith(".json"):
+        raise UsageError(f"plans identifier {plans_name!r}: give a bare name without '/', '.json' or '__' (nnU-Net "
+                         f"splits result folder names on it), e.g. {default_plans_name(source_plans, preset)}")
+    source_file = folder / (source_plans + ".json")
+    if not source_file.is_file():
+        raise UsageError(f"no plans {source_file}: run nnUNetv2_plan_and_preprocess -d {dataset} first "
+                         f"(or name the source plans with -p)")
+    plans = read_json(source_file, "plans file")
+    if not isinstance(plans.get("configurations"), dict):
+        raise UsageError(f"{source_file} holds no 'configurations': not nnU-Net plans")
+    try:
+        new = rwkvsss_plans(plans, plans_name, preset_options(preset, **dict(overrides or {})))
+    except ValueError as error:  # an unknown preset or option, or an architecture RWKV-SSS cannot take
+        raise UsageError(f"{source_file}: {error}") from None
+    _check_networks_build(new, dict(overrides or {}), source_file)
+    target = folder / (plans_name + ".json")
+    try:
+        with open(target, "w") as f:
+            json.dump(new, f, indent=4)
+    except OSError as error:
+        raise UsageError(f"cannot write {target} ({error.strerror}): the dataset's folder in nnUNet_preprocessed "
+                         f"must be writable") from None
+    return str(target)
 
 
-def _dataset_folder(preprocessed_folder: str, dataset: str) -> str:
-    """The dataset's folder in nnUNet_preprocessed, from its name or its ID."""
-    if not dataset.startswith("Dataset"):
-        prefix = f"Dataset{int(dataset):03d}_"
-        names = sorted(n for n in os.listdir(preprocessed_folder) if n.startswith(prefix))
-        if len(names) != 1:
-            raise FileNotFoundError(f"{len(names)} datasets with ID {dataset} in {preprocessed_folder} "
-                                    f"({names}); run nnUNetv2_plan_and_preprocess -d {dataset} first, "
-                                    f"or give the dataset's full name")
-        dataset = names[0]
-    return os.path.join(preprocessed_folder, dataset)
+def _check_networks_build(plans: Mapping, overrides: Mapping, source_file: Path) -> None:
+    """Build each configuration's network. A failure that the same plans with the network's
+    defaults in place of the user's overrides do not have is the overrides' fault (a UsageError);
+    any other failure is a bug and propagates."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(deepcopy(dict(plans)))
+    for name in plans["configurations"]:
+        try:
+            _build_on_meta(manager.get_configuration(name))
+        except (TypeError, ValueError) as error:
+            if not overrides:
+                raise
+            defaults = rwkvsss_plans(plans, plans["plans_name"], {k: NETWORK_DEFAULTS[k] for k in overrides})
+            _build_on_meta(PlansManager(defaults).get_configuration(name))
+            given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in overrides.items())
+            raise UsageError(f"{given}: the network refuses it for configuration {name} of {source_file} "
+                             f"({error}); see the options in docs/ARCHITECTURE.md") from None
+
+
+def _build_on_meta(configuration) -> None:
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = configuration.configuration["architecture"]
+    with torch.device("meta"):
+        get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                               1, 2, allow_init=False, deep_supervision=True)
 
 
 def _option(text: str):

@@ -1,6 +1,8 @@
 """Shared test fixtures: a small real nnU-Net workspace built from Dataset004_Hippocampus.
 
-Expensive set-up (nnU-Net planning and preprocessing, smoke trainings) runs at most once per
+The cases come from the repository itself (tests/fixtures/Dataset004_Hippocampus, 7 real cases of
+the Medical Segmentation Decathlon's Task04; source, licence and choice in tests/fixtures/README.md),
+so the suite needs nothing beside the clone. Expensive set-up (nnU-Net planning and preprocessing, smoke trainings) runs at most once per
 test session, lazily, and only for the tests that ask for it.
 """
 import json
@@ -14,7 +16,8 @@ from typing import Dict, List
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HIPPOCAMPUS_RAW = REPO_ROOT.parent / "shared" / "data" / "Dataset004_Hippocampus"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+HIPPOCAMPUS_RAW = FIXTURES / "Dataset004_Hippocampus"  # committed: 7 cases in nnU-Net raw format
 HIPPOCAMPUS_NAME = "Dataset004_Hippocampus"
 N_TRAIN_CASES = 5  # fold 0 of nnU-Net's 5-fold split: 4 training cases, 1 validation case
 N_TEST_CASES = 2    # further cases, for nnUNetv2_predict + nnUNetv2_evaluate_folder
@@ -92,8 +95,6 @@ def hippocampus_subset(tmp_path_factory) -> NnUNetWorkspace:
     """A planned and preprocessed workspace of N_TRAIN_CASES real Hippocampus cases (see
     NnUNetWorkspace). Built once per session with `nnUNetv2_plan_and_preprocess -d 4 -c
     3d_fullres 2d`; tests may add plans or results but must not change what is there."""
-    if not (HIPPOCAMPUS_RAW / "dataset.json").is_file():
-        pytest.fail(f"the Hippocampus dataset is missing at {HIPPOCAMPUS_RAW}")
     root = tmp_path_factory.mktemp("nnunet_hippocampus")
     cases = sorted(p.name[: -len(".nii.gz")] for p in (HIPPOCAMPUS_RAW / "labelsTr").glob("*.nii.gz"))
     train, test = cases[:N_TRAIN_CASES], cases[N_TRAIN_CASES:N_TRAIN_CASES + N_TEST_CASES]

@@ -5,7 +5,8 @@ Flags follow nnU-Net (-d -c -tr -p -f); output in -o.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from nnunet_sss.checks import int_at_least
 
 from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
@@ -51,28 +52,24 @@ def register(subparsers) -> None:
     p.add_argument("--no_benchmark", action="store_true",
                    help="skip measuring the networks (parameters, FLOPs, step time, memory)")
     p.add_argument("--bench_device", default="cpu", help="device for the network measurement (default: cpu)")
-    p.add_argument("--bench_steps", type=int, default=5, help="timed train steps per network (default: 5)")
-    p.add_argument("--bench_warmup", type=int, default=2, help="untimed warm-up steps (default: 2)")
+    p.add_argument("--bench_steps", type=int_at_least(1), default=5, help="timed train steps per network (default: 5)")
+    p.add_argument("--bench_warmup", type=int_at_least(0), default=2, help="untimed warm-up steps (default: 2)")
     p.add_argument("--bench_no_memory", action="store_true",
                    help="skip the peak-memory measurement (a subprocess per network)")
-    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES,
+    p.add_argument("--bootstrap", type=int_at_least(1), default=BOOTSTRAP_RESAMPLES,
                    help=f"bootstrap resamples (default: {BOOTSTRAP_RESAMPLES})")
     p.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help=f"bootstrap seed (default: {BOOTSTRAP_SEED})")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    """Inputs that do not match raise ComparisonInputError (a UsageError): nnunet-sss prints it in one line."""
     from .comparison import run_comparison
-    from .results import ComparisonInputError
 
-    try:
-        run_comparison(args.dataset, args.configurations, args.trainers, args.folds, args.output,
-                       plans=args.plans, results_dir=args.results_dir, ensembles=not args.no_ensembles,
-                       test_folders=args.test_folders, benchmark=not args.no_benchmark,
-                       bench_device=args.bench_device, bench_steps=args.bench_steps,
-                       bench_warmup=args.bench_warmup, bench_memory=not args.bench_no_memory,
-                       resamples=args.bootstrap, seed=args.seed)
-    except ComparisonInputError as exc:
-        print(f"nnunet-sss compare: cannot compare: {exc.one_line()}", file=sys.stderr)
-        return 2
+    run_comparison(args.dataset, args.configurations, args.trainers, args.folds, args.output,
+                   plans=args.plans, results_dir=args.results_dir, ensembles=not args.no_ensembles,
+                   test_folders=args.test_folders, benchmark=not args.no_benchmark,
+                   bench_device=args.bench_device, bench_steps=args.bench_steps,
+                   bench_warmup=args.bench_warmup, bench_memory=not args.bench_no_memory,
+                   resamples=args.bootstrap, seed=args.seed)
     return 0

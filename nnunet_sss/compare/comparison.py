@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 from typing import Callable, Sequence
+
+from nnunet_sss.checks import writable_folder
 
 from . import efficiency as eff
 from .plots import plot_group
@@ -67,6 +68,7 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
     if len(set(specs)) < 2:
         raise ComparisonInputError([f"need at least two models to compare (trainers x configurations x plans), "
                                     f"got {[model_identifier(*s) for s in specs]}"])
+    out = writable_folder(output_folder, "output folder (-o)")  # before the work that would be lost
     root = results_root(results_dir)
     dataset = dataset_name(root, dataset)
     problems: list[str] = []
@@ -88,8 +90,6 @@ def run_comparison(dataset: str | int, configurations: Sequence[str], trainers: 
     _log(progress, f"compare: {len(models)} models, {len(ens)} ensemble(s), {len(tests)} test folder(s) "
                    f"on {len(validation[0].per_case)} cross-validation cases")
 
-    out = Path(output_folder)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"bootstrap_resamples": resamples, "seed": seed, "confidence": CONFIDENCE,
                 "std": "sample std over cases, ddof=1",
                 "wilcoxon": "scipy.stats.wilcoxon(b - a, zero_method='wilcox', two-sided); p = 1 when all "

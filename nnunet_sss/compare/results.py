@@ -20,21 +20,22 @@ ComparisonInputError listing every problem: never a silent partial comparison.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from nnunet_sss.checks import UsageError, dataset_folder, read_json
+
 ENSEMBLE_FOLDER = "ensembles"
 
 
-class ComparisonInputError(RuntimeError):
-    """The requested comparison cannot be made; `problems` lists every reason."""
+class ComparisonInputError(UsageError):
+    """The requested comparison cannot be made; `problems` lists every reason (one line in all)."""
 
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
-        super().__init__("cannot compare, the inputs do not match:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        super().__init__("cannot compare: " + "; ".join(self.problems))
 
     def one_line(self) -> str:
         """Every problem on one line, for a command's stderr."""
@@ -69,25 +70,15 @@ def results_root(results_dir: str | os.PathLike | None) -> Path:
         raise ComparisonInputError(["no results folder: pass --results_dir or set nnUNet_results"])
     root = Path(root)
     if not root.is_dir():
-        raise ComparisonInputError([f"results folder {root} does not exist"])
+        raise ComparisonInputError([f"results folder {root} is not a folder: pass --results_dir or set "
+                                    f"nnUNet_results to the folder nnUNetv2_train wrote"])
     return root
 
 
 def dataset_name(root: Path, dataset: str | int, holds: str = "results") -> str:
     """DatasetXXX_Name from an id or a name, looked up in `root` (a folder of `holds`)."""
-    text = str(dataset)
-    if text.startswith("Dataset"):
-        if not (root / text).is_dir():
-            raise ComparisonInputError([f"no folder {root / text}: dataset {text} has no {holds}"])
-        return text
-    try:
-        prefix = f"Dataset{int(text):03d}_"
-    except ValueError:
-        raise ComparisonInputError([f"dataset must be an id (4) or a name (Dataset004_Hippocampus), got {text!r}"])
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
-    if len(found) != 1:
-        raise ComparisonInputError([f"expected one {prefix}* folder in {root}, found {found or 'none'}"])
-    return found[0]
+    hint = "train it first, or pass --results_dir" if holds == "results" else holds
+    return dataset_folder(root, dataset, f"the folder of {holds}", hint).name
 
 
 def model_identifier(trainer: str, plans: str, configuration: str) -> str:
@@ -111,8 +102,7 @@ def folds_string(folds: Sequence[int | str]) -> str:
 
 
 def _load_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, "nnU-Net file")
 
 
 def _file_ending(folder: Path) -> str | None:
@@ -147,6 +137,9 @@ def read_summary(path: Path, file_ending: str | None, problems: list[str]) -> tu
             per_case[name] = {str(k): {m: float(v) for m, v in metrics.items()}
                               for k, metrics in record["metrics"].items()}
         means = {"mean": summary["mean"], "foreground_mean": summary["foreground_mean"]}
+    except UsageError as exc:  # not valid JSON
+        problems.append(str(exc))
+        return None
     except (KeyError, TypeError, ValueError) as exc:
         problems.append(f"{path} is not an nnU-Net summary.json ({type(exc).__name__}: {exc})")
         return None

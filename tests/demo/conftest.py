@@ -36,6 +36,16 @@ class DemoRun:
     def model_folder(self, trainer: str) -> Path:
         return self.results / DATASET / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
 
+    def trained_parameters(self, trainer: str) -> int:
+        """Parameters of the network nnU-Net trained and saved (fold 0's checkpoint_final.pth),
+        each counted once: a conv block of dynamic_network_architectures holds its modules
+        twice, so the state dict names some tensors twice."""
+        import torch
+
+        checkpoint = torch.load(self.model_folder(trainer) / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                                weights_only=False)
+        return sum({t.untyped_storage().data_ptr(): t.numel() for t in checkpoint["network_weights"].values()}.values())
+
 
 def clean_env() -> dict:
     """os.environ without nnU-Net variables (the demo sets its own) and with one data-augmentation worker."""

@@ -1,6 +1,7 @@
 """`python -m nnunet_sss.bench.protocol`: its table against the demo run's own files, and its
 refusals."""
 import json
+import re
 import subprocess
 import sys
 
@@ -8,8 +9,9 @@ import pytest
 
 from nnunet_sss.bench import protocol
 from nnunet_sss.bench.study_report import iterations_per_epoch
+from nnunet_sss.training import SCHEDULES
 
-from .conftest import CONFIGURATION, TRAINERS, clean_env
+from .conftest import CONFIGURATION, SUFFIX, TRAINERS, clean_env
 
 
 def _table(demo_run, *extra):
@@ -31,8 +33,10 @@ def test_table_rows_are_the_summary_json_scores(demo_run):
         assert float(cells[4]) == pytest.approx(summary["mean"]["1"]["Dice"], abs=5e-5)
         assert float(cells[5]) == pytest.approx(summary["mean"]["2"]["Dice"], abs=5e-5)
         assert float(cells[6]) == pytest.approx(summary["foreground_mean"]["Dice"], abs=5e-5)
-        assert cells[7].endswith(" M") and float(cells[7][:-2]) > 0
-        assert float(cells[8]) > 0                   # seconds per iteration from the log
+        assert cells[7] == f"{demo_run.trained_parameters(trainer) / 1e6:.2f} M"
+        log = sorted((demo_run.model_folder(trainer) / "fold_0").glob("training_log_*.txt"))[-1].read_text()
+        last_epoch = float(re.findall(r"Epoch time: ([0-9.]+) s", log)[-1])
+        assert float(cells[8]) == pytest.approx(last_epoch / SCHEDULES[SUFFIX].iterations, abs=0.005)  # s / it
     # the two networks differ, so the parameter cells must too
     assert rows[0].split("|")[8] != rows[1].split("|")[8]
 

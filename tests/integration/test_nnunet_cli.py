@@ -4,23 +4,18 @@ Plan and preprocess (conftest), train nnUNetTrainerRWKVSSS (smoke schedule) for 
 2d, predict unseen cases, evaluate them, crash a training and resume it with --c.
 """
 import json
-import math
 import re
 import textwrap
 
 import pytest
+import SimpleITK as sitk
 import torch
+
+from dice_checks import dice_above_background
 
 SMOKE_TRAINER = "nnUNetTrainerRWKVSSS_smoke"  # trained by the hippocampus_rwkvsss_smoke fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
-
-
-def _finite_dice(summary_file):
-    summary = json.loads(summary_file.read_text())
-    dice = summary["foreground_mean"]["Dice"]
-    assert isinstance(dice, float) and math.isfinite(dice) and 0.0 <= dice <= 1.0, summary["foreground_mean"]
-    return dice
 
 
 def _checkpoint(path):
@@ -45,7 +40,7 @@ def test_train_rwkvsss_with_nnunet_train(hippocampus_rwkvsss_smoke, configuratio
     validation = sorted(p.name[: -len(".nii.gz")] for p in (fold / "validation").glob("*.nii.gz"))
     splits = json.loads((ws.dataset_preprocessed / "splits_final.json").read_text())
     assert validation == sorted(splits[0]["val"]) and validation  # nnU-Net's own fold 0
-    _finite_dice(fold / "validation" / "summary.json")
+    dice_above_background(fold / "validation" / "summary.json")  # every class found (dice_checks.py)
 
 
 def test_predict_and_evaluate_unseen_cases(hippocampus_rwkvsss_smoke, tmp_path):
@@ -56,9 +51,22 @@ def test_predict_and_evaluate_unseen_cases(hippocampus_rwkvsss_smoke, tmp_path):
     cases = sorted(p.name for p in ws.test_labels.glob("*.nii.gz"))
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == cases
     output = ws.results_folder(SMOKE_TRAINER, "3d_fullres")
-    ws.run("nnUNetv2_evaluate_folder", str(ws.test_labels), str(predictions), "-djfile", str(output / "dataset.json"),
-           "-pfile", str(output / "plans.json"), "-np", "1")
-    _finite_dice(predictions / "summary.json")
+    evaluate = ("nnUNetv2_evaluate_folder", str(ws.test_labels))
+    options = ("-djfile", str(output / "dataset.json"), "-pfile", str(output / "plans.json"), "-np", "1")
+    ws.run(*evaluate, str(predictions), *options)
+    dice_above_background(predictions / "summary.json")
+    # the same evaluation scores background everywhere 0, which the check refuses
+    background = tmp_path / "background"
+    background.mkdir()
+    for case in cases:
+        label = sitk.ReadImage(str(ws.test_labels / case))
+        empty = sitk.Image(label.GetSize(), label.GetPixelID())
+        empty.CopyInformation(label)
+        sitk.WriteImage(empty, str(background / case))
+    ws.run(*evaluate, str(background), *options)
+    assert json.loads((background / "summary.json").read_text())["foreground_mean"]["Dice"] == 0.0
+    with pytest.raises(AssertionError, match="no better than background everywhere"):
+        dice_above_background(background / "summary.json")
 
 
 def test_train_without_the_variable_names_it(hippocampus_subset):
@@ -70,7 +78,12 @@ def test_train_without_the_variable_names_it(hippocampus_subset):
 
 
 CRASHING_TRAINER = textwrap.dedent('''
-    """Test only: dies right after epoch 0's checkpoint_latest, unless it was resumed."""
+    """Test only: dies right after epoch 0's checkpoint_latest, unless it was resumed; a resumed
+    run saves the state it starts its first epoch from, for the test to compare."""
+    import os
+
+    import torch
+
     from nnunet_sss.training import nnUNetTrainerRWKVSSS_smoke
 
 
@@ -81,6 +94,10 @@ CRASHING_TRAINER = textwrap.dedent('''
         def on_train_start(self):
             super().on_train_start()
             self.resumed = self.current_epoch > 0
+            if self.resumed:
+                torch.save({"current_epoch": self.current_epoch, "network_weights": self.network.state_dict(),
+                            "optimizer_state": self.optimizer.state_dict()},
+                           os.path.join(self.output_folder, "state_at_resume.pth"))
 
         def on_epoch_end(self):
             super().on_epoch_end()
@@ -100,13 +117,37 @@ def test_crashed_training_resumes_with_continue(hippocampus_subset, tmp_path):
 
     crashed = ws.run("nnUNetv2_train", "4", "2d", "0", "-tr", trainer, "-device", "cpu", env=env, check=False)
     assert crashed.returncode != 0 and "simulated crash after epoch 0" in crashed.stderr
-    assert _checkpoint(fold / "checkpoint_latest.pth")["current_epoch"] == 1
+    saved = _checkpoint(fold / "checkpoint_latest.pth")  # overwritten by the resumed run: keep it here
+    assert saved["current_epoch"] == 1 and saved["optimizer_state"]["state"]  # AdamW's moments after epoch 0
     assert not (fold / "checkpoint_final.pth").exists()
 
     resumed = ws.run("nnUNetv2_train", "4", "2d", "0", "-tr", trainer, "-device", "cpu", "--c", env=env)
     assert re.search(r"Epoch 1\b", resumed.stdout) and not re.search(r"Epoch 0\b", resumed.stdout)
+    # the resumed run starts its first epoch from the crashed run's weights and optimiser state, exactly
+    start = _checkpoint(fold / "state_at_resume.pth")
+    assert start["current_epoch"] == 1
+    _assert_equal(start["network_weights"], saved["network_weights"], "network_weights")
+    _assert_equal(start["optimizer_state"], saved["optimizer_state"], "optimizer_state")
     final = _checkpoint(fold / "checkpoint_final.pth")
     assert final["current_epoch"] == 2
     assert len(final["logging"]["train_losses"]) == 2  # epoch 0 from the crashed run, epoch 1 from the resumed one
-    assert final["optimizer_state"]["param_groups"][0]["weight_decay"] > 0  # AdamW state carried over
-    assert final["optimizer_state"]["state"]  # with its moments
+    assert final["logging"]["train_losses"][0] == saved["logging"]["train_losses"][0]
+    assert any(not torch.equal(final["network_weights"][k], v) for k, v in saved["network_weights"].items())
+
+
+def _assert_equal(a, b, where):
+    """Nested dicts, lists and tensors equal, value for value (tensors with torch.equal)."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_equal(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        same = a.dtype == b.dtype and torch.equal(a, b)
+        assert same, where
+    else:
+        assert a == b, (where, a, b)

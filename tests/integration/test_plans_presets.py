@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import nnunet_sss
+from nnunet_sss.checks import UsageError
 from nnunet_sss.plans import (NETWORK_DEFAULTS, PRESETS, RWKVSSS_CLASS_NAME, preset_options,
                               rwkvsss_architecture, rwkvsss_options)
 from nnunet_sss.plans import writer
@@ -121,11 +122,14 @@ def test_plans_command_writes_rwkvsss_plans_that_reuse_preprocessed_data(hippoca
 
 def test_plans_writer_refuses_missing_plans_and_overwriting(tmp_path):
     (tmp_path / "Dataset004_Hippocampus").mkdir()
-    with pytest.raises(FileNotFoundError, match="nnUNetv2_plan_and_preprocess"):
+    with pytest.raises(UsageError, match="nnUNetv2_plan_and_preprocess"):
         writer.write_rwkvsss_plans("4", preprocessed_folder=str(tmp_path))
     (tmp_path / "Dataset004_Hippocampus" / "nnUNetPlans.json").write_text(json.dumps(handwritten_plans()))
-    with pytest.raises(ValueError, match="overwrite"):
+    with pytest.raises(UsageError, match="overwrite"):
         writer.write_rwkvsss_plans("4", plans_name="nnUNetPlans", preprocessed_folder=str(tmp_path))
+    with pytest.raises(UsageError, match="unknown scan 'zigzag'"):  # refused before anything is written
+        writer.write_rwkvsss_plans("4", overrides={"scan": "zigzag"}, preprocessed_folder=str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "Dataset004_Hippocampus").iterdir()) == ["nnUNetPlans.json"]
     path = writer.write_rwkvsss_plans("Dataset004_Hippocampus", preset="L", preprocessed_folder=str(tmp_path))
     plans = json.loads(open(path).read())
     assert path.endswith("nnUNetPlans_RWKVSSS_L.json")

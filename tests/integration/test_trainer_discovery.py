@@ -8,6 +8,7 @@ import pytest
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_sss import env as sss_env
+from nnunet_sss.checks import NNUNET_FOLDERS, UsageError
 from nnunet_sss.training import TRAINERS
 
 BIN = os.path.dirname(sys.executable)
@@ -36,7 +37,7 @@ def test_lookup_without_the_variable_names_it(monkeypatch):
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
     with pytest.raises(RuntimeError, match="nnUNet_extTrainer"):
         recursive_find_trainer_class_by_name("nnUNetTrainerRWKVSSS")
-    with pytest.raises(RuntimeError, match="(?s)nnUNet_extTrainer is not set.*export nnUNet_extTrainer="):
+    with pytest.raises(UsageError, match="nnUNet_extTrainer is not set.*export nnUNet_extTrainer="):
         sss_env.require_ext_trainer({})
 
 
@@ -49,8 +50,8 @@ def test_ext_folder_holds_only_thin_reexports():
 
 
 def _env_command(*args, **environ):
-    """`nnunet-sss env ...` as a user runs it, in an environment without any nnUNet_extTrainer."""
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    """`nnunet-sss env ...` as a user runs it, in an environment without any nnU-Net variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(environ)
     return subprocess.run([os.path.join(BIN, "nnunet-sss"), "env", *args], env=env, capture_output=True, text=True,
                           timeout=300)
@@ -67,13 +68,20 @@ def test_env_prints_only_the_export_line_and_eval_sets_it():
 
 
 def test_env_check_fails_naming_the_variable_when_unset_or_elsewhere(tmp_path):
+    folders = {variable: str(tmp_path) for variable in NNUNET_FOLDERS}
     for environ in ({}, {"nnUNet_extTrainer": str(tmp_path)}):
-        result = _env_command("--check", **environ)
+        result = _env_command("--check", **environ, **folders)
         assert result.returncode == 1
-        assert "nnUNet_extTrainer" in result.stderr
+        assert result.stderr.count("\n") == 1 and "nnUNet_extTrainer" in result.stderr
         assert f"export nnUNet_extTrainer={sss_env.ext_trainer_folder()}" in result.stderr
-    ok = _env_command("--check", nnUNet_extTrainer=os.pathsep.join([str(tmp_path), sss_env.ext_trainer_folder()]))
+    ok = _env_command("--check", nnUNet_extTrainer=os.pathsep.join([str(tmp_path), sss_env.ext_trainer_folder()]),
+                      **folders)
     assert ok.returncode == 0, ok.stderr
+    # the three folders too: one line for each that is unset or not a folder
+    result = _env_command("--check", nnUNet_extTrainer=sss_env.ext_trainer_folder(), nnUNet_raw=str(tmp_path / "x"))
+    assert result.returncode == 1
+    assert [line.split(":")[1].split()[0] for line in result.stderr.splitlines()] == \
+        [f"nnUNet_raw={tmp_path / 'x'}", "nnUNet_preprocessed", "nnUNet_results"], result.stderr
 
 
 def test_export_line_keeps_other_trainer_folders(tmp_path):

@@ -1,6 +1,7 @@
 """The trainer family: networks from every kind of configuration, ablations, schedules, optimiser."""
 import json
 import math
+from copy import deepcopy
 
 import pytest
 import torch
@@ -93,9 +94,10 @@ def results_env(monkeypatch, tmp_path):
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
 
 
-def _trainer(trainer_class, configuration):
-    plans = handwritten_plans()
-    plans["continue_training"] = False
+def _trainer(trainer_class, configuration, plans=None):
+    if plans is None:
+        plans = handwritten_plans()
+        plans["continue_training"] = False
     return trainer_class(plans, configuration, 0, DATASET_JSON, device=torch.device("cpu"))
 
 
@@ -123,8 +125,14 @@ def test_schedule_reaches_everything_derived_from_it(name, configuration, batch,
         trainer._set_batch_size_and_oversample()
         per_rank.append(trainer.batch_size)
     assert sum(per_rank) == batch
-    # the plans handed in are not changed (nnU-Net reuses them, e.g. for the next fold)
-    assert handwritten_plans()["configurations"]["2d"]["batch_size"] == 12
+    # the plans handed in are not changed (nnU-Net reuses them, e.g. for the next fold), even
+    # where they ask for another batch size than the schedule's
+    plans = handwritten_plans()
+    plans["continue_training"] = False
+    plans["configurations"][configuration]["batch_size"] = batch + 1
+    handed_in = deepcopy(plans)
+    assert _trainer(TRAINERS[name], configuration, plans).configuration_manager.batch_size == batch
+    assert plans == handed_in
 
 
 def test_only_the_smoke_schedule_drops_test_time_mirroring(results_env):

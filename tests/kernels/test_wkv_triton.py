@@ -36,8 +36,9 @@ def test_triton_matches_torch_path_fp32(interpreter_report, case):
         assert errs.pop("padding_is_zero") == 0.0
     if case.startswith("extreme"):  # see test_wkv_edge_cases.test_extreme_keys_and_decay
         assert errs.pop("y") <= TOLERANCE
-        assert max(errs.values()) <= 10 * TOLERANCE, errs
-    assert max(errs.values()) <= TOLERANCE, errs
+        assert max(errs.values()) <= 10 * TOLERANCE, errs  # the gradients: the documented 10x bound
+    else:
+        assert max(errs.values()) <= TOLERANCE, errs
 
 
 @pytest.mark.parametrize("case", ["fp16", "bf16", "fp16/tile", "bf16/tile"])

@@ -9,32 +9,44 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-HIPPOCAMPUS = (REPO / ".." / "shared" / "data" / "Dataset004_Hippocampus").resolve()
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # committed: see tests/fixtures/README.md
+HIPPOCAMPUS_RAW = FIXTURES / "Dataset004_Hippocampus"
+HIPPOCAMPUS_FINGERPRINT = FIXTURES / "Dataset004_Hippocampus_fingerprint.json"
 
 
 @pytest.fixture(scope="session")
 def hippocampus_plans(tmp_path_factory):
-    """The plans nnU-Net 2.8 writes for Dataset004_Hippocampus (fingerprint + default planner)."""
-    if not (HIPPOCAMPUS / "dataset.json").is_file():
-        raise FileNotFoundError(f"the Hippocampus dataset is missing at {HIPPOCAMPUS}")
+    """The plans nnU-Net 2.8 writes for the whole Dataset004_Hippocampus (all 260 cases).
+
+    nnU-Net's own planner (plan_experiments, the default ExperimentPlanner) runs here, in a
+    fresh process, on the whole dataset's fingerprint as nnU-Net's fingerprint extraction wrote
+    it (committed beside the fixture) and on the committed 7-case raw folder, which gives the
+    planner its dataset.json and an example image. The planner caps the batch size by the
+    dataset's size, read from dataset.json's numTraining, so that is set to the number of cases
+    the fingerprint describes: the plans are then exactly those planned on all 260 cases
+    (3d_fullres: patch 40x56x40, 4 stages, batch 9; 2d: patch 56x40, 4 stages, batch 366).
+    """
+    fingerprint = json.loads(HIPPOCAMPUS_FINGERPRINT.read_text())
     root = tmp_path_factory.mktemp("nnunet")
-    raw, pre = root / "raw", root / "preprocessed"
-    raw.mkdir()
-    pre.mkdir()
-    (raw / "Dataset004_Hippocampus").symlink_to(HIPPOCAMPUS)
+    raw, pre = root / "raw" / "Dataset004_Hippocampus", root / "preprocessed" / "Dataset004_Hippocampus"
+    raw.mkdir(parents=True)
+    pre.mkdir(parents=True)
+    for folder in ("imagesTr", "labelsTr"):
+        (raw / folder).symlink_to(HIPPOCAMPUS_RAW / folder, target_is_directory=True)
+    dataset_json = json.loads((HIPPOCAMPUS_RAW / "dataset.json").read_text())
+    dataset_json["numTraining"] = len(fingerprint["shapes_after_crop"])
+    (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    shutil.copy(HIPPOCAMPUS_FINGERPRINT, pre / "dataset_fingerprint.json")
     # nnunetv2.paths reads the variables at import time: plan in a fresh process
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(root / "results"))
-    code = ("from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments\n"
+    env = dict(os.environ, nnUNet_raw=str(raw.parent), nnUNet_preprocessed=str(pre.parent),
+               nnUNet_results=str(root / "results"))
+    code = ("from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments\n"
             "if __name__ == '__main__':\n"
-            "    extract_fingerprints([4], num_processes=2, check_dataset_integrity=False, clean=True, verbose=False)\n"
             "    plan_experiments([4])\n")
-    script = root / "plan.py"
-    script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise RuntimeError(f"nnU-Net planning failed:\n{proc.stderr[-3000:]}")
-    plans = json.loads((pre / "Dataset004_Hippocampus" / "nnUNetPlans.json").read_text())
+        pytest.fail(f"nnU-Net planning failed:\n{proc.stderr[-3000:]}")
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
     shutil.rmtree(root, ignore_errors=True)
     return plans
 

@@ -77,9 +77,16 @@ def _check_shapes_against_plain(kwargs, batch, patch, **options):
     return net
 
 
+# What nnU-Net 2.8 plans for the whole Dataset004_Hippocampus (patch, stages, batch): the
+# fixture's plans must be those, not the plans of a few cases.
+HIPPOCAMPUS_PLANS = {"2d": ((56, 40), 4, 366), "3d_fullres": ((40, 56, 40), 4, 9)}
+
+
 @pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
 def test_built_from_hippocampus_plans(hippocampus_plans, configuration):
     config = hippocampus_plans["configurations"][configuration]
+    assert (tuple(config["patch_size"]), config["architecture"]["arch_kwargs"]["n_stages"],
+            config["batch_size"]) == HIPPOCAMPUS_PLANS[configuration]
     kwargs = dict(resolve_arch_kwargs(config["architecture"]), input_channels=1, num_classes=3,
                   deep_supervision=True)
     patch = tuple(config["patch_size"])
