@@ -56,7 +56,8 @@ from pathlib import Path
 
 from nnunet_sss.compare.comparison import ensure_ext_trainer_path
 from nnunet_sss.compare.efficiency import build_trainer_network, training_time
-from nnunet_sss.compare.results import ComparisonInputError, model_identifier
+from nnunet_sss.checks import UsageError
+from nnunet_sss.compare.results import model_identifier
 from nnunet_sss.compare.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 from .study import (DEFAULT_ARM_FOLDS, DEFAULT_FOLDS, DEFAULT_TRAINERS, Model, Study, check_before_training,
@@ -182,8 +183,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ComparisonInputError as exc:  # the inputs' fault: one line naming it, no traceback
-        print(f"protocol {args.action}: {exc.one_line()}", file=sys.stderr)
+    except UsageError as exc:  # the inputs' fault: one line naming it, no traceback
+        print(f"protocol {args.action}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -207,7 +207,7 @@ def results_dataset_folder(dataset: str) -> tuple[str, Path]:
     preprocessed = Path(os.environ["nnUNet_preprocessed"])
     if not preprocessed.is_dir():
         raise ComparisonInputError([f"nnUNet_preprocessed={preprocessed} does not exist"])
-    name = dataset_name(preprocessed, dataset, holds="preprocessed data (run nnUNetv2_plan_and_preprocess)")
+    name = dataset_name(preprocessed, dataset, "nnUNet_preprocessed", f"run nnUNetv2_plan_and_preprocess -d {dataset} first")
     return name, Path(os.environ["nnUNet_results"]) / name
 
 

@@ -75,10 +75,10 @@ def results_root(results_dir: str | os.PathLike | None) -> Path:
     return root
 
 
-def dataset_name(root: Path, dataset: str | int, holds: str = "results") -> str:
-    """DatasetXXX_Name from an id or a name, looked up in `root` (a folder of `holds`)."""
-    hint = "train it first, or pass --results_dir" if holds == "results" else holds
-    return dataset_folder(root, dataset, f"the folder of {holds}", hint).name
+def dataset_name(root: Path, dataset: str | int, where: str = "the results folder",
+                 hint: str = "train it first, or pass --results_dir") -> str:
+    """DatasetXXX_Name from an id or a name, looked up in `root` (`where`, for the message)."""
+    return dataset_folder(root, dataset, where, hint).name
 
 
 def model_identifier(trainer: str, plans: str, configuration: str) -> str:
