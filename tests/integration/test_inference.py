@@ -66,7 +66,8 @@ def test_inference_builds_nothing_per_tile_and_skips_training_only_work(predicto
     def no_checkpoint(*args, **kwargs):
         raise AssertionError("a layer was checkpointed during inference")
 
-    monkeypatch.setattr(block, "checkpoint", no_checkpoint)
+    monkeypatch.setattr(block, "checkpoint", no_checkpoint)  # the rebuild under torch.compile
+    monkeypatch.setattr(block._Rebuild, "apply", no_checkpoint)  # the eager rebuild
     heads = predictor.network.decoder.seg_layers
     calls = [0] * len(heads)
     hooks = [h.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1)) for i, h in enumerate(heads)]
