@@ -20,8 +20,9 @@ partition gets in that layer's WKV output (nnunet_sss.network.attention). Writte
     attention.json                          the voxel, the tile, the files
 
 Bad input (a voxel outside the image, a model without Bi-WKV layers, a fold without its
-checkpoint, an image whose channels do not match the dataset, ...) stops with one line naming it
-before any model is run; nothing is ever written into the model folder.
+checkpoint, an image whose channels do not match the dataset, ...) is an AttentionError (a
+UsageError: one line naming it, exit status 2) raised before any model is run; nothing is
+ever written into the model folder.
 """
 from __future__ import annotations
 
@@ -31,16 +32,17 @@ import io
 import json
 import math
 import os
-import sys
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 
+from nnunet_sss.checks import UsageError, dataset_folder, nnunet_folder
 
-class AttentionError(Exception):
-    """Bad input to `nnunet-sss attention`; the message is one line naming the problem."""
+
+class AttentionError(UsageError):
+    """Bad input to `nnunet-sss attention`; the message names the problem in one line."""
 
 
 def _quiet():
@@ -68,11 +70,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    try:
-        report = attention(args)
-    except AttentionError as err:
-        print(f"nnunet-sss attention: error: {err}", file=sys.stderr)
-        return 2
+    report = attention(args)  # bad input: an AttentionError, printed by cli.main in one line (exit 2)
     print(f"wrote {len(report['layers'])} layer maps and {len(report['figures'])} figures to {report['output']}")
     return 0
 
@@ -115,19 +113,12 @@ class Model:
 
 def find_model(args) -> Model:
     """The model folder, fold checkpoint and trainer, checked; nothing loaded yet."""
-    from nnunetv2.paths import nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    if not nnUNet_results:
-        raise AttentionError("nnUNet_results is not set: export it to the folder holding the trained models")
-    try:
-        dataset = maybe_convert_to_dataset_name(args.dataset)
-    except (RuntimeError, ValueError) as err:
-        raise AttentionError(f"dataset {args.dataset!r} not found: {str(err).splitlines()[0]}") from None
-    folder = get_output_folder(dataset, args.trainer, args.plans, args.configuration)
+    results = nnunet_folder("nnUNet_results")
+    dataset = dataset_folder(results, args.dataset, "nnUNet_results", "train a model of it first (nnUNetv2_train)")
+    folder = str(dataset / f"{args.trainer}__{args.plans}__{args.configuration}")
     if not os.path.isdir(folder):
         raise AttentionError(f"no trained model {folder} (trainer {args.trainer}, plans {args.plans}, "
                              f"configuration {args.configuration})")

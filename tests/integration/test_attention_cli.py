@@ -94,7 +94,7 @@ def test_bad_input_is_one_named_line_before_any_work(workspace, args, trainer, m
     proc = _attention(workspace, *args, "-o", str(out), trainer=trainer)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("nnunet-sss attention: error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("nnunet-sss attention: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert not out.exists()
 
