@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "nnunet_sss.plans.writer",    # plans: write an nnU-Net plans file that builds RWKV-SSS
     "nnunet_sss.compare.cli",     # compare: RWKV-SSS vs baseline from nnU-Net results folders
     "nnunet_sss.demo",            # demo: the end-to-end main job
+    "nnunet_sss.attention",       # attention: a trained model's WKV weights around one voxel
 )
 
 

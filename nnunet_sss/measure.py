@@ -161,19 +161,20 @@ STEP_PARTS = (
 
 
 def step_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size: int, device="cpu",
-                   amp: Optional[bool] = None) -> dict:
+                   amp: Optional[bool] = None, inference: bool = False) -> dict:
     """Where one forward+backward's time goes: the profiler's self time of every op (CPU time on
     the CPU, GPU time on CUDA), summed per `STEP_PARTS` entry, in ms. One untimed step first.
     Self times do not overlap, so the parts add up to the profiled time ("total"). `amp` as in
-    `measure_network`: fp16 autocast on CUDA unless given."""
+    `measure_network`: fp16 autocast on CUDA unless given. `inference`: one forward in eval
+    mode under torch.inference_mode instead (a tile of nnU-Net's predictor)."""
     device = torch.device(device)
     amp = device.type == "cuda" if amp is None else amp
     x = torch.randn((batch_size, *input_shape), device=device)
-    _forward_backward(network, x, amp)
+    _step(network, x, amp, inference)
     network.zero_grad(set_to_none=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        _forward_backward(network, x, amp)
+        _step(network, x, amp, inference)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     network.zero_grad(set_to_none=True)
@@ -182,9 +183,63 @@ def step_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size: i
         if row.device_type != torch.autograd.DeviceType.CPU:
             continue  # kernels: their time is counted on the op that launched them
         us = row.self_device_time_total if device.type == "cuda" else row.self_cpu_time_total
-        parts[next(name for name, pattern in STEP_PARTS if re.search(pattern, row.key))] += us / 1e3
+        parts[_part(row.key)] += us / 1e3
     parts["total"] = sum(parts.values())
     return parts
+
+
+class _OpTimer(TorchDispatchMode):
+    """Process CPU time of every dispatched op (all of its threads), summed by op name."""
+
+    def __init__(self):
+        super().__init__()
+        self.times, self.ops = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.process_time()
+        out = func(*args, **(kwargs or {}))
+        name = func._schema.name
+        self.times[name] = self.times.get(name, 0.0) + time.process_time() - start
+        self.ops += 1
+        return out
+
+
+OPS_TIME, FORWARD_TIME, OPS = "sum of the ops (timed)", "forward (untimed)", "ops dispatched"
+
+
+def forward_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 5) -> dict:
+    """Where one inference forward's CPU time goes (eval mode, torch.inference_mode, as nnU-Net's
+    predictor runs a tile), in ms: each op's process CPU time, summed per `STEP_PARTS` entry
+    (medians of `repeats` timed forwards after one untimed), their sum (`OPS_TIME`), the median
+    CPU time of the same forward without the timer (`FORWARD_TIME`), and the number of aten ops
+    (`OPS`). CPU time rather than the profiler's wall clock: on a loaded machine it moves much
+    less. Timing each op costs a few microseconds of its own (the Python dispatch mode wraps
+    its outputs), so with many small ops `OPS_TIME` can exceed `FORWARD_TIME`."""
+    x = torch.randn((batch_size, *input_shape))
+    network.eval()
+    forward, timers = [], []
+    with torch.inference_mode():
+        network(x)
+        for _ in range(repeats):
+            start = time.process_time()
+            network(x)
+            forward.append(time.process_time() - start)
+            timer = _OpTimer()
+            with timer:
+                network(x)
+            timers.append(timer)
+    parts = {}
+    for name, _ in STEP_PARTS:
+        parts[name] = 1e3 * statistics.median(
+            sum(t for op, t in timer.times.items() if _part(op) == name) for timer in timers)
+    parts[OPS_TIME] = sum(parts.values())
+    parts[FORWARD_TIME] = 1e3 * statistics.median(forward)
+    parts[OPS] = timers[0].ops
+    return parts
+
+
+def _part(op_name: str) -> str:
+    return next(name for name, pattern in STEP_PARTS if re.search(pattern, op_name))
 
 
 def _outputs(out):
@@ -228,6 +283,15 @@ class _FlopCounter(TorchDispatchMode):
         if formula is not None:
             self.total += formula(*args, **(kwargs or {}), out_val=out)
         return out
+
+
+def _step(network, x, amp, inference):
+    """A train step's forward+backward, or (`inference`) one eval forward under inference_mode."""
+    if not inference:
+        return _forward_backward(network, x, amp)
+    network.eval()
+    with torch.inference_mode(), _autocast(x.device, amp):
+        network(x)
 
 
 def _count_flops(network, x, amp):

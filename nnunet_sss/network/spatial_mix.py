@@ -84,6 +84,8 @@ class SpatialMix(nn.Module):
         # learned weights of the scan orders (softmax); a single order needs none
         self.scan_logits = nn.Parameter(torch.zeros(len(self.orders))) \
             if len(self.orders) > 1 and mixer == "wkv" else None
+        # Optional read-only look at the WKV's inputs (nnunet_sss.network.attention); None in training
+        self.wkv_probe = None
 
     def shift_windows(self):
         """(window, pool) of the token shift: the WKV's windows mapped to full resolution, or
@@ -129,7 +131,10 @@ class SpatialMix(nn.Module):
             return unscan(mean.expand_as(seq), plan)
         plan = scan_plan(wkv_size, self.window, self.orders, self.snake, v.device)
         w, u = self.wkv_parameters(plan.seq_len)
-        y = bi_wkv(scan(k, plan), scan(v, plan), w, u, lengths=sequence_lengths(plan, batch))
+        keys, lengths = scan(k, plan), sequence_lengths(plan, batch)
+        if self.wkv_probe is not None:
+            self.wkv_probe(keys=keys, plan=plan, lengths=lengths, decay=w, bonus=u, scan_weights=self.scan_weights())
+        y = bi_wkv(keys, scan(v, plan), w, u, lengths=lengths)
         return unscan(y, plan, self.scan_weights())
 
     def extra_repr(self) -> str:

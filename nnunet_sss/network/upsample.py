@@ -10,11 +10,16 @@ interpolation (align_corners=False). Because the offsets are shared by all chann
 prod(scale) times less than after. Per-axis scale factors come from the plans' strides
 (anisotropic and 1 allowed). 2D and 3D share every line. The sampling is the kernels' layer's
 `linear_sample` (grid_sample's bilinear/border maths; channels-last C++ on the CPU).
+
+The offset-free sampling grid depends only on the output size, so it is made once per size
+(`base_grid`): nnU-Net's predictor runs every tile and mirror at the same patch size, and
+rebuilding it took 30 of the 575 ops of a 2D Hippocampus tile (42 of 603 in 3D).
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence, Type
+from typing import Sequence, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +32,25 @@ from .cost import dynamic_upsample_activations
 from .init import keep_init
 
 OFFSET_SCOPE = 0.25  # offsets in input voxels, at most about a quarter voxel per unit of the conv
+
+
+def _grid(out_size, scale, dtype, device) -> Tensor:
+    """(*out_size, D): output voxel o of axis a looks at input coordinate (o + 0.5) / f - 0.5."""
+    axes = [(torch.arange(n, device=device, dtype=dtype) + 0.5) / f - 0.5 for n, f in zip(out_size, scale)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_grid(out_size, scale, dtype, device) -> Tensor:
+    with torch.inference_mode(False):  # a normal tensor, usable in training too
+        return _grid(out_size, scale, dtype, device)
+
+
+def base_grid(out_size: Tuple[int, ...], scale: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The sampling grid without offsets, cached per (size, scale, dtype, device); read-only."""
+    if torch.compiler.is_compiling():  # traced: inductor folds it into the graph
+        return _grid(out_size, scale, dtype, device)
+    return _cached_grid(tuple(out_size), tuple(scale), dtype, torch.device(device))
 
 
 class DynamicUpsample(nn.Module):
@@ -51,10 +75,7 @@ class DynamicUpsample(nn.Module):
         offset = offset.view(batch, self.n_dims, *self.scale, *size)
         perm = [0] + [i for a in range(self.n_dims) for i in (2 + self.n_dims + a, 2 + a)] + [1]
         offset = offset.permute(perm).reshape(batch, *out_size, self.n_dims)
-        # output voxel o of axis a looks at input coordinate (o + 0.5) / f - 0.5 (+ its offset)
-        base = torch.meshgrid(*[(torch.arange(n, device=x.device, dtype=dtype) + 0.5) / f - 0.5
-                                for n, f in zip(out_size, self.scale)], indexing="ij")
-        return linear_sample(x, offset + torch.stack(base, -1))
+        return linear_sample(x, offset + base_grid(out_size, self.scale, dtype, x.device))
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"

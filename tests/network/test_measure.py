@@ -7,7 +7,8 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunet_sss import RWKVSSSUNet
 import nnunet_sss.network.block as block_module
 from nnunet_sss.bench.network import _plain_kwargs, saved_bytes_table
-from nnunet_sss.measure import STEP_PARTS, measure_network, saved_bytes, step_breakdown, whole_batch
+from nnunet_sss.measure import (FORWARD_TIME, OPS, OPS_TIME, STEP_PARTS, forward_breakdown, measure_network,
+                                saved_bytes, step_breakdown, whole_batch)
 
 from network_cases import tiny_kwargs
 
@@ -124,3 +125,20 @@ def test_saved_bytes_table_compares_both_networks():
     assert forward["PlainConvUNet"] == peak["PlainConvUNet"] > 0
     assert peak["RWKV-SSS"] > forward["RWKV-SSS"] > 0
     assert rows["live tensors, peak"]["RWKV-SSS"] > 0 and rows["parameters saved (apart)"]["PlainConvUNet"] > 0
+
+
+def test_forward_breakdown_sorts_an_inference_forward_by_kind_of_op():
+    """An eval forward (a predictor's tile): named parts adding up to the ops' time, each network's
+    ops where they belong, the forward timed on its own, the ops dispatched counted."""
+    kwargs = tiny_kwargs(2)
+    plain_kwargs = {k: v for k, v in kwargs.items() if k not in ("local_window", "global_window")}
+    plain = forward_breakdown(PlainConvUNet(**plain_kwargs), (1, 16, 16), 1, repeats=3)
+    net = RWKVSSSUNet(**kwargs).train()
+    ours = forward_breakdown(net, (1, 16, 16), 1, repeats=3)
+    assert not net.training  # measured as the predictor runs it
+    for parts in (plain, ours):
+        assert list(parts) == [name for name, _ in STEP_PARTS] + [OPS_TIME, FORWARD_TIME, OPS]
+        assert abs(sum(parts[name] for name, _ in STEP_PARTS) - parts[OPS_TIME]) < 1e-6
+        assert parts["convolutions"] > 0 and parts[FORWARD_TIME] > 0
+    assert plain["Bi-WKV"] == 0 and ours["Bi-WKV"] > 0 and ours["matmuls"] > plain["matmuls"]
+    assert 0 < plain[OPS] < ours[OPS]
