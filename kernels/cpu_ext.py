@@ -113,3 +113,16 @@ def build(stem: str) -> Path:
 def load() -> Kernels:
     """The Bi-WKV library, built on first use; raises where it cannot be built."""
     return Kernels(build("bi_wkv"))
+
+
+def optional(stem: str, wrap, what: str, fallback: str):
+    """wrap(path of the built library), or None with one RuntimeWarning naming `what` and the
+    `fallback` where it cannot be built (no compiler, broken toolchain)."""
+    import warnings
+
+    try:
+        return wrap(build(stem))
+    except Exception as err:
+        warnings.warn(f"nnunet_sss.kernels: the C++ {what} could not be built ({err}); using {fallback} on the CPU.",
+                      RuntimeWarning)
+        return None

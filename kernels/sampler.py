@@ -16,7 +16,6 @@ torch.library custom op, so torch.compile sees one opaque op with no graph break
 """
 import functools
 import math
-import warnings
 from typing import Optional
 
 import torch
@@ -71,12 +70,7 @@ def _cpp_library():
     """The compiled sampler, or None (with one warning) where it cannot be built."""
     from . import cpu_ext
 
-    try:
-        return _Library(cpu_ext.build("linear_sample"))
-    except Exception as err:  # no compiler, broken toolchain: fall back, say so once
-        warnings.warn(f"nnunet_sss.kernels: the C++ sampler could not be built ({err}); "
-                      "using F.grid_sample (backend 'torch') on the CPU.", RuntimeWarning)
-        return None
+    return cpu_ext.optional("linear_sample", _Library, "sampler", "F.grid_sample (backend 'torch')")
 
 
 @torch.compiler.assume_constant_result

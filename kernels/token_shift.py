@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -143,15 +142,10 @@ def _first_flags(size: Tuple[int, ...], starts: Starts) -> Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _cpp_library():
-    """The compiled shift, or None (with one warning) where it cannot be built."""
+    """The compiled token shift, or None (with one warning) where it cannot be built."""
     from . import cpu_ext
 
-    try:
-        return _Library(cpu_ext.build("token_shift"))
-    except Exception as err:  # no compiler, broken toolchain: fall back, say so once
-        warnings.warn(f"nnunet_sss.kernels: the C++ token shift could not be built ({err}); "
-                      "using the gather (backend 'torch') on the CPU.", RuntimeWarning)
-        return None
+    return cpu_ext.optional("token_shift", _Library, "token shift", "the gather (backend 'torch')")
 
 
 def _pack(starts: Starts) -> Tuple[list, list]:
