@@ -13,7 +13,8 @@ prod(scale) times less than after. Per-axis scale factors come from the plans' s
 
 The offset-free sampling grid depends only on the output size, so it is made once per size
 (`base_grid`): nnU-Net's predictor runs every tile and mirror at the same patch size, and
-rebuilding it took 30 of the 575 ops of a 2D Hippocampus tile (42 of 603 in 3D).
+rebuilding it cost each upsampling an arange, add, div and sub per axis, a meshgrid and a stack
+on every tile and mirror.
 """
 from __future__ import annotations
 
