@@ -123,11 +123,16 @@ class _Library:
         size = x.shape[1:-1]
         out = torch.empty_like(x)
         if out.numel():
-            flags = _first_flags(tuple(size), starts)
-            dims = torch.tensor(size, dtype=torch.int64)
+            flags, dims = _first_flags(tuple(size), starts), _dims(tuple(size))
             self._shift(x.data_ptr(), out.data_ptr(), x.shape[0], len(size), dims.data_ptr(), x.shape[-1],
                         flags.data_ptr(), int(reverse), torch.get_num_threads())
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def _dims(size: Tuple[int, ...]) -> Tensor:
+    """The map size as the C ABI takes it (cached: a tensor made per call costs two ops)."""
+    return torch.tensor(size, dtype=torch.int64)
 
 
 @functools.lru_cache(maxsize=256)
