@@ -173,7 +173,8 @@ def write_fingerprinted_dataset(raw_root: str | Path, preprocessed_root: str | P
     shapes = np.round(np.asarray(median_shape) * factors)
     intensities = {"max": 3000.0, "mean": 600.0, "median": 580.0, "min": 0.0, "percentile_00_5": 50.0,
                    "percentile_99_5": 1800.0, "std": 250.0}
-    fingerprint = {"spacings": [list(map(float, spacing))] * num_train, "shapes_after_crop": shapes.astype(int).tolist(),
+    fingerprint = {"spacings": [list(map(float, spacing))] * num_train,
+                   "shapes_after_crop": shapes.astype(int).tolist(),
                    "foreground_intensity_properties_per_channel": {"0": intensities},
                    "median_relative_size_after_cropping": 1.0}
     preprocessed = Path(preprocessed_root) / dataset

@@ -9,8 +9,11 @@ then peaks at
     step peak = batch x units(patch) x BYTES_PER_UNIT  +  4 bytes x parameters (their gradients)
 
 BYTES_PER_UNIT is fitted to the live-tensor peaks measured in float32
-(`python -m nnunet_sss.bench.memory` prints estimate and measurement side by side): below 8 bytes,
-since part of what the forward keeps is freed by the backward before its peak. Training holds
+(`python -m nnunet_sss.bench.memory` prints estimate and measurement side by side; docs/workflow.md
+has the table): below the 8 bytes the units stand for, since part of what the forward keeps is
+freed by the backward before its peak. What is alive at the peak differs with the layout: per
+sample the measured peaks come to 6.5-7.0 bytes a unit in the 3D plans and 5.8-6.0 in the 2D
+ones, so one rate leaves the estimate within 10% of both. Training holds
 besides the weights and the optimizer's state (AdamW, the RWKV-SSS trainers': two floats per
 weight), and a GPU process the CUDA context and the caching allocator's slack; the planner takes
 those off the target (`usable_bytes`). Under nnU-Net's fp16 autocast a GPU's peak is lower than
@@ -24,7 +27,7 @@ from typing import Sequence
 
 from torch import nn
 
-BYTES_PER_UNIT = 6.5
+BYTES_PER_UNIT = 6.5  # fitted: measured / estimated peak 0.90-1.08 over the plans of the benchmark
 FLOAT_BYTES = 4
 OPTIMIZER_STATES = 2  # AdamW: first and second moments
 GiB = 2 ** 30
@@ -56,7 +59,8 @@ def step_cost(network: nn.Module, patch_size: Sequence[int]) -> MemoryCost:
     return MemoryCost(fixed=FLOAT_BYTES * params, per_sample=math.ceil(BYTES_PER_UNIT * units))
 
 
-def training_cost(network: nn.Module, patch_size: Sequence[int], optimizer_states: int = OPTIMIZER_STATES) -> MemoryCost:
+def training_cost(network: nn.Module, patch_size: Sequence[int],
+                  optimizer_states: int = OPTIMIZER_STATES) -> MemoryCost:
     """A training process's tensors: the step's peak plus the weights and the optimizer's state."""
     step = step_cost(network, patch_size)
     params = step.fixed // FLOAT_BYTES

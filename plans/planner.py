@@ -74,7 +74,8 @@ class RWKVSSSPlanner(ExperimentPlanner):
             return "nnUNetPlans_" + configuration_name  # nnU-Net's default spacing: its preprocessed data
         return self.plans_identifier + "_" + configuration_name
 
-    def candidate_cost(self, patch_size, input_channels: int, output_channels: int, architecture: Mapping) -> MemoryCost:
+    def candidate_cost(self, patch_size, input_channels: int, output_channels: int,
+                       architecture: Mapping) -> MemoryCost:
         key = repr((list(patch_size), input_channels, output_channels, architecture))
         if key not in self._costs:
             self._costs[key] = architecture_cost(architecture, self.options, patch_size, input_channels,
