@@ -96,10 +96,14 @@ class RWKVSSSPlanner(ExperimentPlanner):
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
                                     _cache):
         # a fresh cache: every candidate passes through static_estimate_VRAM_usage (this planner keeps its own)
+        self._last = None
         try:
             plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
                                                        approximate_n_voxels_dataset, {})
         except _NoSmallerPatch:
+            if self._last is None:
+                raise UsageError(f"the median image ({'x'.join(str(round(s)) for s in median_shape)} voxels) is too "
+                                 f"small for a U-Net of two stages: nothing to plan") from None
             patch, cost = self._last
             need = math.ceil(target_gib(cost.at(SMALLEST_BATCH)) * 10) / 10
             raise UsageError(
