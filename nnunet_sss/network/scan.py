@@ -186,7 +186,8 @@ def scan_plan(map_size: Sequence[int], window: Sequence[Optional[int]],
     if plan is None:
         if any(w < 1 for w in key[1]):
             raise ValueError(f"window {tuple(window)} must be >= 1 token on every axis")
-        plan = _build_plan(*key).to(device)
+        with torch.inference_mode(False):  # normal tensors: a plan first met in inference serves training too
+            plan = _build_plan(*key).to(device)
         _DEVICE_PLANS[key + (device,)] = plan
     return plan
 

@@ -91,3 +91,18 @@ def test_scan_and_unscan_gradients():
 def test_bad_window():
     with pytest.raises(ValueError, match="window"):
         scan_plan((4, 4), (0, 2), axis_orders(2, "stage"), snake=True)
+
+
+def test_plan_first_met_in_inference_serves_training():
+    """Plans are cached: one built under torch.inference_mode (prediction, the attention tool)
+    must not hand inference tensors to a later training step (autograd refuses to save them)."""
+    size, window = (5, 11, 3), (3, 4, 2)  # a size no other test uses: the plan is built here
+    orders = axis_orders(3, "stage")
+    with torch.inference_mode():
+        plan = scan_plan(size, window, orders, snake=True)
+        unscan(scan(torch.randn(1, math.prod(size), 2), plan), plan, torch.full((plan.n_orders,), 1 / 3))
+    assert scan_plan(size, window, orders, snake=True) is plan
+    x = torch.randn(1, math.prod(size), 2, requires_grad=True)
+    weights = torch.softmax(torch.zeros(plan.n_orders, requires_grad=True), 0)
+    unscan(scan(x, plan), plan, weights).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
