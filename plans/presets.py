@@ -40,9 +40,9 @@ PRESETS = MappingProxyType({
 
 DEFAULT_PRESET = "S"
 
-# GPU memory (GiB) of the memory presets of the planner (`--memory-preset`), named and sized as
-# nnU-Net's residual-encoder presets (nnUNetPlannerResEncM/L/XL). They set the GPU the plans are
-# sized for, not the network: any size preset above trains at any of them.
+# GPU memory (GiB) of the memory presets of the planner (`nnunet-sss plans --preset`), named and
+# sized as nnU-Net's residual-encoder presets (nnUNetPlannerResEncM/L/XL). They set the GPU the
+# plans are sized for, not the network: any size preset above (`--size`) trains at any of them.
 MEMORY_PRESETS = MappingProxyType({"M": 8, "L": 24, "XL": 40})
 
 

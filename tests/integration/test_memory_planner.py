@@ -80,6 +80,17 @@ def test_more_gpu_memory_never_plans_less(sized_plans):
     assert patches[-1] == [96, 128, 96]  # 16 GB: the whole median image
 
 
+def test_where_the_dataset_caps_the_plans_more_memory_changes_nothing(nnunet_folders):
+    """The small dataset's median image fits 4 GB with room to spare, and nnU-Net's cap (5% of the
+    dataset's voxels in one batch) holds the batch: 4, 8 and 16 GB plan alike, never less."""
+    plans = [json.load(open(write_gpu_memory_plans(str(SMALL), gb, plans_name=f"small{gb}GB")))["configurations"]
+             for gb in TARGETS]
+    for configuration in ("2d", "3d_fullres"):
+        sizes = [(conf[configuration]["patch_size"], conf[configuration]["batch_size"]) for conf in plans]
+        assert sizes[0] == sizes[1] == sizes[2], (configuration, sizes)
+    assert plans[0]["3d_fullres"]["patch_size"] == [16, 24, 16]
+
+
 def test_plans_fit_their_gpu_with_the_largest_batch(sized_plans):
     """Each configuration's estimated training memory fits the target's usable memory, and one
     more sample would not; the plans build RWKV-SSS with the preset's options and reuse nnU-Net's
@@ -96,15 +107,25 @@ def test_plans_fit_their_gpu_with_the_largest_batch(sized_plans):
 
 
 def test_memory_presets_name_the_gpu_and_the_target_wins(nnunet_folders, capsys):
-    status, out, err = _plans_command(capsys, "-d", str(SMALL), "--memory-preset", "M", "--set", "hidden_ratio=1")
+    """--preset M|L|XL is the GPU (8 / 24 / 40 GB, as nnU-Net's ResEnc presets), --size the network;
+    the output says which is which."""
+    status, out, err = _plans_command(capsys, "-d", str(SMALL), "--preset", "M", "--set", "hidden_ratio=1")
     assert status == 0
     path = out.strip()
     assert path.endswith("nnUNetRWKVSSSPlans_S_8GB.json")
-    assert rwkvsss_options(json.load(open(path))["configurations"]["3d_fullres"]["architecture"])["hidden_ratio"] == 1
+    options = rwkvsss_options(json.load(open(path))["configurations"]["3d_fullres"]["architecture"])
+    assert options == {**json.loads(json.dumps(preset_options("S"))), "hidden_ratio": 1}
+    assert "sized for 8 GB of GPU memory (--preset M), network size S (--size)" in err
     assert re.search(r"3d_fullres: patch 16x24x16, batch \d+, \d stages: estimated to need [\d.]+ of 8 GB", err)
-    status, out, _ = _plans_command(capsys, "-d", str(SMALL), "--memory-preset", "L", "--gpu-memory-target", "10",
-                                    "--preset", "M")
+    for preset, gb in (("L", 24), ("XL", 40)):
+        status, out, _ = _plans_command(capsys, "-d", str(SMALL), "--preset", preset, "--size", "L")
+        assert status == 0 and out.strip().endswith(f"nnUNetRWKVSSSPlans_L_{gb}GB.json")
+    status, out, err = _plans_command(capsys, "-d", str(SMALL), "--preset", "L", "--gpu-memory-target", "10",
+                                      "--size", "M")
     assert status == 0 and out.strip().endswith("nnUNetRWKVSSSPlans_M_10GB.json")
+    assert "sized for 10 GB of GPU memory, network size M (--size)" in err
+    options = rwkvsss_options(json.load(open(out.strip()))["configurations"]["3d_fullres"]["architecture"])
+    assert options == json.loads(json.dumps(preset_options("M")))
 
 
 def test_a_gpu_below_the_smallest_patch_is_refused_naming_the_minimum(nnunet_folders, capsys):
@@ -140,6 +161,6 @@ def test_existing_plans_are_refused_without_overwrite_and_left_unchanged(nnunet_
 
 
 def test_source_plans_with_a_memory_target_and_options_the_network_refuses_are_refused(nnunet_folders, capsys):
-    assert "give one or the other" in _refused(capsys, "-d", str(SMALL), "-p", "nnUNetPlans", "--memory-preset", "M")
+    assert "give one or the other" in _refused(capsys, "-d", str(SMALL), "-p", "nnUNetPlans", "--preset", "M")
     assert "--set scan=\"zigzag\": the network refuses it" in _refused(
-        capsys, "-d", str(SMALL), "--memory-preset", "M", "--set", "scan=zigzag", "-o", "zigzag")
+        capsys, "-d", str(SMALL), "--preset", "M", "--set", "scan=zigzag", "-o", "zigzag")
