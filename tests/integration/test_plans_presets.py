@@ -135,7 +135,8 @@ def test_size_flag_and_the_old_preset_s_spelling(tmp_path, monkeypatch, capsys):
     default = path.read_bytes()
     assert rwkvsss_options(json.loads(default)["configurations"]["3d_fullres"]["architecture"]) == \
         json.loads(json.dumps(preset_options("S")))
-    note = "nnunet-sss plans: --preset S is deprecated and taken as --size S; --preset now names the GPU memory (M|L|XL)"
+    note = ("nnunet-sss plans: --preset S is deprecated and taken as --size S; --preset now names the GPU memory "
+            "(M|L|XL)")
     for args in (["--size", "S"], ["--preset", "S"], ["--preset", "S", "--size", "S"]):
         assert main(["plans", "-d", "4", *args, "--overwrite"]) == 0, args
         out, err = capsys.readouterr()
