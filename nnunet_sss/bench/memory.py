@@ -31,7 +31,7 @@ from unittest import mock
 
 import torch
 
-from nnunet_sss.bench.measure import _cuda_peak_memory, _live_tensor_peak
+from nnunet_sss.measure import _cuda_peak_memory, _live_tensor_peak
 from nnunet_sss.bench.network import PLANS, _available_bytes, _cpu_name, _parse_option, plans_from_file
 from nnunet_sss.network.block import whole_batch_rebuild
 from nnunet_sss.network.unet import RWKVSSSUNet
