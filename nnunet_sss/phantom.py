@@ -145,3 +145,39 @@ def write_phantom_dataset(raw_root: str | Path, dataset_id: int = 990, name: str
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder
+
+
+def write_fingerprinted_dataset(raw_root: str | Path, preprocessed_root: str | Path, dataset_id: int, name: str,
+                                median_shape: Sequence[int], spacing: Sequence[float], num_train: int = 100,
+                                seed: int = 0) -> str:
+    """A dataset known to nnU-Net by its fingerprint alone, for planning without images: writes
+    Dataset{id:03d}_{name}/dataset.json and one tiny placeholder case under raw_root (nnU-Net's
+    planner opens one image to choose its reader), and under preprocessed_root the
+    dataset_fingerprint.json that nnUNetv2_extract_fingerprint would write for `num_train` cases
+    (odd: their median shape is `median_shape`; each axis spread over +-10% of it) at `spacing`.
+    Returns the dataset's name."""
+    if num_train % 2 == 0:
+        raise ValueError(f"num_train must be odd (its median shape is median_shape), got {num_train}")
+    dataset = f"Dataset{dataset_id:03d}_{name}"
+    raw = Path(raw_root) / dataset
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    placeholder = np.zeros((4,) * len(median_shape), np.float32)
+    _write_nifti(placeholder, raw / "imagesTr" / "case_000_0000.nii.gz", spacing)
+    _write_nifti(placeholder.astype(np.uint8), raw / "labelsTr" / "case_000.nii.gz", spacing)
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": dict(LABELS), "numTraining": num_train, "file_ending": ".nii.gz",
+        "name": name}, indent=2))
+    rng = np.random.default_rng(seed)
+    factors = np.stack([rng.permutation(np.linspace(0.9, 1.1, num_train)) for _ in median_shape], 1)
+    shapes = np.round(np.asarray(median_shape) * factors)
+    intensities = {"max": 3000.0, "mean": 600.0, "median": 580.0, "min": 0.0, "percentile_00_5": 50.0,
+                   "percentile_99_5": 1800.0, "std": 250.0}
+    fingerprint = {"spacings": [list(map(float, spacing))] * num_train,
+                   "shapes_after_crop": shapes.astype(int).tolist(),
+                   "foreground_intensity_properties_per_channel": {"0": intensities},
+                   "median_relative_size_after_cropping": 1.0}
+    preprocessed = Path(preprocessed_root) / dataset
+    preprocessed.mkdir(parents=True, exist_ok=True)
+    (preprocessed / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    return dataset

@@ -40,6 +40,11 @@ PRESETS = MappingProxyType({
 
 DEFAULT_PRESET = "S"
 
+# GPU memory (GiB) of the memory presets of the planner (`nnunet-sss plans --preset`), named and
+# sized as nnU-Net's residual-encoder presets (nnUNetPlannerResEncM/L/XL). They set the GPU the
+# plans are sized for, not the network: any size preset above (`--size`) trains at any of them.
+MEMORY_PRESETS = MappingProxyType({"M": 8, "L": 24, "XL": 40})
+
 
 def preset_options(name: str = DEFAULT_PRESET, **overrides) -> dict:
     """The options of preset `name` with `overrides` applied; unknown names raise, naming them."""

@@ -9,7 +9,9 @@
 #      (what nnU-Net does on a GPU by default), then the size sweeps;
 #   5. `scripts/gpu_profile.py`: the checkpointing variants' step time and memory, and where one
 #      eager step's GPU time goes (kernel count, busy time against wall time);
-#   6. `python -m nnunet_sss.bench.network --breakdown`: both networks' GPU time per kind of op.
+#   6. `python -m nnunet_sss.bench.network --breakdown`: both networks' GPU time per kind of op;
+#   7. `python -m nnunet_sss.bench.memory`: the GPU planner's memory model against
+#      torch.cuda.max_memory_allocated, float32 and then under fp16 autocast (--amp).
 # Each step has its own time limit and log (in $LOGS; a limit of 0 skips the step); a failing
 # step does not stop the others. Extra arguments for the wkv benchmark: WKV_ARGS.
 # PY: the Python to use (default: the project's .venv, else python3). Without an installed
@@ -55,3 +57,5 @@ step network_bench_compiled "${COMPILED_LIMIT:-400}" "$PY" -m nnunet_sss.bench.n
 step network_sweep "${SWEEP_LIMIT:-200}" "$PY" -m nnunet_sss.bench.network --plans --sweep 2d 3d
 step gpu_profile "${PROFILE_LIMIT:-120}" "$PY" "$REPO/scripts/gpu_profile.py"
 step network_breakdown "${BREAKDOWN_LIMIT:-120}" "$PY" -m nnunet_sss.bench.network --breakdown --plans hippocampus3d hippocampus2d
+step memory_model "${MEMORY_LIMIT:-240}" "$PY" -m nnunet_sss.bench.memory --json "$LOGS/memory.json"
+step memory_model_amp "${MEMORY_AMP_LIMIT:-120}" "$PY" -m nnunet_sss.bench.memory --amp --json "$LOGS/memory_amp.json"

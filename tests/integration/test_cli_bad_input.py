@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 
 from nnunet_sss.env import ext_trainer_folder
+from nnunet_sss.phantom import write_fingerprinted_dataset
+from nnunet_sss.plans import PRESETS, rwkvsss_options
 
 from .handwritten_plans import DATASET_JSON, handwritten_plans
 
 BIN = Path(sys.executable).parent
 DATASET = "Dataset004_Hippocampus"
+FINGERPRINTED = 903  # known to nnU-Net by its fingerprint (median image 16x24x16), in the world's sized/ folders
+SIZED = {"nnUNet_raw": "{root}/sized/raw", "nnUNet_preprocessed": "{root}/sized/preprocessed"}
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerRWKVSSS")
 SUMMARY = {"metric_per_case": [{"prediction_file": "/p/case_0.nii.gz", "reference_file": "/r/case_0.nii.gz",
                                 "metrics": {"1": {"Dice": 0.5}, "2": {"Dice": 0.7}}}],
@@ -40,6 +44,8 @@ def world(tmp_path_factory):
     _write(pre / "listPlans.json", "[1, 2]")
     _write(pre / "notPlans.json", json.dumps({"plans_name": "notPlans"}))
     (pre / "nnUNetPlans_taken.json").mkdir()  # the target of `-o nnUNetPlans_taken` cannot be written
+    write_fingerprinted_dataset(root / "sized" / "raw", root / "sized" / "preprocessed", FINGERPRINTED, "Small",
+                                (16, 24, 16), (1.0, 1.0, 1.0), num_train=51)
     results = root / "nnUNet_results" / DATASET
     for trainer in (*TRAINERS, "brokenTrainer"):
         model = results / f"{trainer}__nnUNetPlans__3d_fullres"
@@ -104,13 +110,28 @@ CASES = [
      r"--set hidden_ratio=\"wide\": the network refuses it"),
     ("plans-value-for-other-stages", ["plans", "-d", "4", "--set", "rwkv_depths=[1,1]"], {}, 2,
      r"--set rwkv_depths=\[1, 1\]: the network refuses it .*rwkv_depths needs one entry per stage"),
-    ("plans-unknown-preset", ["plans", "-d", "4", "--preset", "XL"], {}, 2, r"argument --preset: invalid choice: 'XL'"),
+    ("plans-unknown-size", ["plans", "-d", "4", "--size", "XL"], {}, 2, r"argument --size: invalid choice: 'XL'"),
+    ("plans-unknown-memory-preset", ["plans", "-d", "4", "--preset", "XXL"], {}, 2,
+     r"argument --preset: invalid choice: 'XXL': the GPU memory preset is one of M, L, XL \(8 / 24 / 40 GB\); "
+     r"the network size is --size S\|M\|L"),
+    ("plans-old-size-spelling-and-other-size", ["plans", "-d", "4", "--preset", "S", "--size", "M"], {}, 2,
+     r"--preset S \(the old spelling of --size S\) contradicts --size M: give --size only"),
     ("plans-overwrite-source", ["plans", "-d", "4", "-o", "nnUNetPlans"], {}, 2, r"must not overwrite the source plans"),
     ("plans-name-with-double-underscore", ["plans", "-d", "4", "-o", "my__plans"], {}, 2,
      r"plans identifier 'my__plans': give a bare name"),
     ("plans-name-with-path", ["plans", "-d", "4", "-o", "../elsewhere"], {}, 2, r"plans identifier '\.\./elsewhere'"),
     ("plans-cannot-write", ["plans", "-d", "4", "-o", "nnUNetPlans_taken"], {}, 2,
      r"cannot write .*nnUNetPlans_taken\.json \(Is a directory\)"),
+    ("plans-existing", ["plans", "-d", "4", "-o", "notPlans"], {}, 2, r"notPlans\.json exists: pass --overwrite"),
+    ("plans-memory-not-fingerprinted", ["plans", "-d", "4", "--preset", "M"], {}, 2,
+     r"has not been fingerprinted by nnU-Net: run nnUNetv2_plan_and_preprocess -d 4 first"),
+    ("plans-memory-with-source", ["plans", "-d", "4", "-p", "nnUNetPlans", "--gpu-memory-target", "8"], {}, 2,
+     r"-p converts existing plans, a memory target plans afresh .*: give one or the other"),
+    ("plans-memory-target-zero", ["plans", "-d", "4", "--gpu-memory-target", "0"], {}, 2,
+     r"argument --gpu-memory-target: must be more than 0 GB, got 0"),
+    ("plans-memory-below-smallest-patch", ["plans", "-d", str(FINGERPRINTED), "--gpu-memory-target", "0.3"], SIZED,
+     2, r"^nnunet-sss plans: 0\.3 GB of GPU memory is below what RWKV-SSS training needs for its smallest valid 3D "
+        r"patch \([\dx]+, batch 2\): (0\.[4-9]|[1-9][\d.]*) GB; give --gpu-memory-target \1 or more$"),
     # compare
     ("compare-results-unset", COMPARE, {"nnUNet_results": UNSET}, 2, r"no results folder: pass --results_dir or set nnUNet_results"),
     ("compare-results-missing", COMPARE, {"nnUNet_results": "{root}/nowhere"}, 2, r"results folder .*nowhere is not a folder"),
@@ -153,8 +174,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args,environ,code,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_a_non_zero_exit(world, args, environ, code, message):
+def _nnunet_sss(world, args, environ):
+    """The installed `nnunet-sss ARGS` run in the world's nnU-Net folders with `environ`'s changes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(nnUNet_raw=str(world / "nnUNet_raw"), nnUNet_preprocessed=str(world / "nnUNet_preprocessed"),
                nnUNet_results=str(world / "nnUNet_results"), nnUNet_extTrainer=ext_trainer_folder())
@@ -162,14 +183,44 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(world, args, environ, code, m
         env.pop(variable)
         if value is not UNSET:
             env[variable] = value.format(root=world)
-    proc = subprocess.run([str(BIN / "nnunet-sss"), *(a.format(root=world) for a in args)], env=env,
+    return subprocess.run([str(BIN / "nnunet-sss"), *(a.format(root=world) for a in args)], env=env,
                           capture_output=True, text=True, timeout=300, cwd=world)
+
+
+@pytest.mark.parametrize("args,environ,code,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_a_non_zero_exit(world, args, environ, code, message):
+    proc = _nnunet_sss(world, args, environ)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert re.match(r"nnunet-sss( (env --check|plans|compare|demo))?: ", lines[0]), lines[0]
     assert re.search(message, lines[0]), lines[0]
     assert proc.returncode == code, proc.stderr
+
+
+def test_existing_plans_are_refused_and_left_byte_identical(world):
+    """Plans of a name that exists are replaced only with --overwrite: without it, the memory planner
+    (its default name, and -o) and the conversion are refused in one line and change nothing."""
+    folder = world / "sized" / "preprocessed" / f"Dataset{FINGERPRINTED:03d}_Small"
+    first = _nnunet_sss(world, ["plans", "-d", str(FINGERPRINTED), "--preset", "M"], SIZED)
+    assert first.returncode == 0, first.stderr
+    written = Path(first.stdout.strip())
+    assert written == folder / "nnUNetRWKVSSSPlans_S_8GB.json"
+    _write(folder / "nnUNetPlans.json", json.dumps(handwritten_plans()))  # for the conversion
+    before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    for args in (["--preset", "M"], ["--gpu-memory-target", "3", "-o", written.stem],
+                 ["--gpu-memory-target", "8", "--size", "M", "-o", written.stem], ["-o", written.stem]):
+        proc = _nnunet_sss(world, ["plans", "-d", str(FINGERPRINTED), *args], SIZED)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stderr)
+        assert proc.stderr == f"nnunet-sss plans: {written} exists: pass --overwrite to replace it, or name the new " \
+                              f"plans with -o\n", args
+        assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before, args
+    replaced = _nnunet_sss(world, ["plans", "-d", str(FINGERPRINTED), "--preset", "M", "--size", "M",
+                                   "-o", written.stem, "--overwrite"], SIZED)
+    assert replaced.returncode == 0, replaced.stderr
+    depths = [rwkvsss_options(json.loads(text)["configurations"]["3d_fullres"]["architecture"])["rwkv_depths"]
+              for text in (before[written.name], written.read_bytes())]
+    assert depths == [PRESETS["S"]["rwkv_depths"], PRESETS["M"]["rwkv_depths"]]
 
 
 def test_a_bug_keeps_its_traceback(world, tmp_path):

@@ -9,6 +9,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import nnunet_sss
 from nnunet_sss.checks import UsageError
+from nnunet_sss.cli import main
 from nnunet_sss.plans import (NETWORK_DEFAULTS, PRESETS, RWKVSSS_CLASS_NAME, preset_options,
                               rwkvsss_architecture, rwkvsss_options)
 from nnunet_sss.plans import writer
@@ -86,7 +87,7 @@ def test_plans_command_writes_rwkvsss_plans_that_reuse_preprocessed_data(hippoca
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     parser = argparse.ArgumentParser()
     writer.register(parser.add_subparsers())
-    args = parser.parse_args(["plans", "-d", "4", "--preset", "M", "--set", "global_window=16",
+    args = parser.parse_args(["plans", "-d", "4", "--size", "M", "--set", "global_window=16",
                               "--set", "wkv_pool=[1]", "-o", "nnUNetPlans_test_M"])
     assert args.func(args) == 0
 
@@ -120,6 +121,33 @@ def test_plans_command_writes_rwkvsss_plans_that_reuse_preprocessed_data(hippoca
         {**expected_options, "scan": "raster"}
 
 
+def test_size_flag_and_the_old_preset_s_spelling(tmp_path, monkeypatch, capsys):
+    """--size names the network size. --preset S, its spelling before --preset named the GPU memory,
+    still writes the same plans under the same name (the names scripts use), with a one-line note."""
+    folder = tmp_path / "Dataset004_Hippocampus"
+    folder.mkdir()
+    (folder / "nnUNetPlans.json").write_text(json.dumps(handwritten_plans()))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    path = folder / "nnUNetPlans_RWKVSSS_S.json"
+    assert main(["plans", "-d", "4"]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
+    default = path.read_bytes()
+    assert rwkvsss_options(json.loads(default)["configurations"]["3d_fullres"]["architecture"]) == \
+        json.loads(json.dumps(preset_options("S")))
+    note = ("nnunet-sss plans: --preset S is deprecated and taken as --size S; --preset now names the GPU memory "
+            "(M|L|XL)")
+    for args in (["--size", "S"], ["--preset", "S"], ["--preset", "S", "--size", "S"]):
+        assert main(["plans", "-d", "4", *args, "--overwrite"]) == 0, args
+        out, err = capsys.readouterr()
+        assert out.strip() == str(path) and path.read_bytes() == default, args
+        assert [line for line in err.splitlines() if "deprecated" in line] == ([note] if "--preset" in args else [])
+    assert main(["plans", "-d", "4", "--size", "L"]) == 0
+    plans = json.loads((folder / "nnUNetPlans_RWKVSSS_L.json").read_text())
+    assert rwkvsss_options(plans["configurations"]["3d_fullres"]["architecture"]) == \
+        json.loads(json.dumps(preset_options("L")))
+
+
 def test_plans_writer_refuses_missing_plans_and_overwriting(tmp_path):
     (tmp_path / "Dataset004_Hippocampus").mkdir()
     with pytest.raises(UsageError, match="nnUNetv2_plan_and_preprocess"):
@@ -130,7 +158,7 @@ def test_plans_writer_refuses_missing_plans_and_overwriting(tmp_path):
     with pytest.raises(UsageError, match="unknown scan 'zigzag'"):  # refused before anything is written
         writer.write_rwkvsss_plans("4", overrides={"scan": "zigzag"}, preprocessed_folder=str(tmp_path))
     assert sorted(p.name for p in (tmp_path / "Dataset004_Hippocampus").iterdir()) == ["nnUNetPlans.json"]
-    path = writer.write_rwkvsss_plans("Dataset004_Hippocampus", preset="L", preprocessed_folder=str(tmp_path))
+    path = writer.write_rwkvsss_plans("Dataset004_Hippocampus", size="L", preprocessed_folder=str(tmp_path))
     plans = json.loads(open(path).read())
     assert path.endswith("nnUNetPlans_RWKVSSS_L.json")
     # the cascade inherits its architecture from 3d_fullres, so it is RWKV-SSS too
