@@ -165,3 +165,31 @@ def test_compiles_with_no_graph_break():
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
     assert math.isfinite(compiled[0].item())
+
+
+def test_torch_backend_builds_no_tensor_from_host_data_once_warm():
+    """On a GPU a tensor made from Python numbers inside the step is a host-to-device copy: it
+    stalls an eager step and breaks CUDA-graph capture. The grid scale is made once per size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    x, coords = torch.randn(2, 3, 5, 7), torch.rand(2, 4, 6, 2) * 4
+    first = linear_sample(x, coords, backend="torch")
+    with Ops() as ops:
+        again = linear_sample(x, coords, backend="torch")
+    assert "aten::lift_fresh" not in ops.names and "aten::_to_copy" not in ops.names
+    torch.testing.assert_close(again, first)
+    other = torch.randn(1, 2, 9, 4)  # a size met first in inference: its scale serves training too
+    with torch.inference_mode():
+        linear_sample(other, torch.rand(1, 3, 3, 2), backend="torch")
+    coords = torch.rand(1, 3, 3, 2, requires_grad=True)
+    linear_sample(other, coords, backend="torch").sum().backward()
+    assert coords.grad is not None
