@@ -1,0 +1,166 @@
+"""How much each RWKV layer mixes, at init for every arm or in trained models (nnunet_sss.network.probe).
+
+    python -m nnunet_sss.bench.wkv_probe --plans hippocampus2d [--arms wkvIdentity tokenDecay ...]
+    python -m nnunet_sss.bench.wkv_probe --model $nnUNet_results/Dataset004_Hippocampus/TRAINER__PLANS__2d/fold_0
+
+Per RWKV layer: `spread` (within-window variance of the mixer's output over its input's: 0 = a
+window mean, 1 = no mixing), `local` (share of channels whose WKV weight falls by e within 8
+tokens), the two residual branches' norms over their residual's, and whether the layer's windows
+repeat the other layer's of its block. At init the networks are built from the bench's plans
+(seed 0) for the design defaults and each arm named (the ablation trainers' options); a trained
+model is read from its fold folder (checkpoint_final.pth, else checkpoint_best.pth) with the
+network its trainer builds. The input is `--cases` preprocessed training cases of the plans'
+configuration, centre-cropped to the patch, where `--data` names their folder (or, for a trained
+model, nnU-Net's preprocessed folder holds them), else standard normal noise (noise has no
+spatial correlation: its spread understates what a real image keeps).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from nnunet_sss.checks import UsageError
+from nnunet_sss.network import RWKVSSSUNet
+from nnunet_sss.network.probe import LOCAL_TOKENS, layer_facts
+from nnunet_sss.training.ablations import ABLATIONS
+
+from .network import PLANS
+
+
+def _table(title: str, facts) -> str:
+    lines = [f"\n## {title}", "",
+             f"| layer | mixer | WKV map | window | windows | spread | local (e within {LOCAL_TOKENS}) "
+             "| spatial branch | channel branch | repeats the block's other layer |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for f in facts:
+        name = f.name.replace("encoder.stages.", "stage ").replace(".blocks.", " block ")
+        local = "-" if f.local_channels is None else f"{f.local_channels:.2f}"
+        lines.append(f"| {name} | {f.mixer} | {'x'.join(map(str, f.wkv_size))} | {'x'.join(map(str, f.window))} "
+                     f"| {f.n_windows} | {f.spread:.3f} | {local} | {f.spatial_branch:.3f} | {f.channel_branch:.3f} "
+                     f"| {'yes' if f.same_window else ''} |")
+    return "\n".join(lines)
+
+
+def preprocessed_cases(folder: Path, patch: Sequence[int], n_cases: int) -> torch.Tensor:
+    """(n, C, *patch) centre crops (zero-padded where smaller) of the first n cases in an nnU-Net
+    preprocessed folder; a 2D patch takes each case's middle slice."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    if not folder.is_dir():
+        raise UsageError(f"no preprocessed folder {folder}: run nnUNetv2_plan_and_preprocess first")
+    dataset = infer_dataset_class(str(folder))(str(folder))
+    ids = sorted(dataset.identifiers)[:n_cases]
+    if not ids:
+        raise UsageError(f"{folder} holds no preprocessed case")
+    crops = []
+    for case in ids:
+        data = np.asarray(dataset.load_case(case)[0], dtype=np.float32)  # (C, *S)
+        if len(patch) == 2:
+            data = data[:, data.shape[1] // 2]
+        out = np.zeros((data.shape[0], *patch), dtype=np.float32)
+        src, dst = [], []
+        for n, p in zip(data.shape[1:], patch):
+            take = min(n, p)
+            a, b = (n - take) // 2, (p - take) // 2
+            src.append(slice(a, a + take))
+            dst.append(slice(b, b + take))
+        out[(slice(None), *dst)] = data[(slice(None), *src)]
+        crops.append(out)
+    return torch.from_numpy(np.stack(crops))
+
+
+def _input(patch, channels: int, data: Optional[Path], n_cases: int) -> torch.Tensor:
+    if data is not None:
+        return preprocessed_cases(data, patch, n_cases)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((n_cases, channels, *patch), generator=generator)
+
+
+def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int) -> str:
+    plan = PLANS[plan_name]
+    x = _input(plan["patch"], plan["kwargs"]["input_channels"], data, n_cases)
+    out = []
+    for arm in ["defaults", *arms]:
+        options = {} if arm == "defaults" else dict(ABLATIONS[arm][0])
+        if options.get("merge_equal_windows") or options.get("wkv_decay") == "token":
+            options["patch_size"] = tuple(plan["patch"])  # what the trainer fills in from the configuration
+        torch.manual_seed(0)
+        network = RWKVSSSUNet(**plan["kwargs"], **options)
+        out.append(_table(f"{plan_name} at init, {arm} {options or ''} "
+                          f"({'preprocessed cases' if data else 'noise'} x{len(x)})", layer_facts(network, x)))
+    return "\n".join(out)
+
+
+def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
+    """The facts of a trained fold, its network built as its trainer builds it."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    model = fold_folder.parent
+    parts = model.name.split("__")
+    checkpoints = [fold_folder / n for n in ("checkpoint_final.pth", "checkpoint_best.pth")]
+    checkpoint = next((c for c in checkpoints if c.is_file()), None)
+    if len(parts) != 3 or not (model / "plans.json").is_file():
+        raise UsageError(f"{fold_folder} is not a fold folder of an nnU-Net model (TRAINER__PLANS__CONFIGURATION/fold_N)")
+    if checkpoint is None:
+        raise UsageError(f"{fold_folder} has no checkpoint_final.pth or checkpoint_best.pth")
+    trainer_name, _, configuration = parts
+    plans = json.loads((model / "plans.json").read_text())
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    plans_manager = PlansManager(plans)
+    manager = plans_manager.get_configuration(configuration)
+    from nnunet_sss.nnunet_ext import nnunet_sss_trainers
+
+    trainer_class = getattr(nnunet_sss_trainers, trainer_name, None)
+    if trainer_class is None:
+        try:
+            trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        except RuntimeError:
+            raise UsageError(f"trainer {trainer_name} not found among nnU-Net's and nnunet-sss's trainers") from None
+    n_inputs = determine_num_input_channels(plans_manager, manager, dataset_json)
+    network = trainer_class.build_network_architecture(
+        plans_manager, manager, n_inputs, plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False)
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    network.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})
+    if data is None and os.environ.get("nnUNet_preprocessed"):
+        candidate = Path(os.environ["nnUNet_preprocessed"]) / model.parent.name / manager.data_identifier
+        data = candidate if candidate.is_dir() else None
+    x = _input(manager.patch_size, n_inputs, data, n_cases)
+    title = f"{model.name} {fold_folder.name} ({checkpoint.name}; {'preprocessed cases' if data else 'noise'} x{len(x)})"
+    return _table(title, layer_facts(network, x))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.wkv_probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plans", nargs="*", default=[], choices=sorted(PLANS), help="networks at init, from these plans")
+    parser.add_argument("--arms", nargs="*", default=[], choices=list(ABLATIONS),
+                        help="ablation/candidate arms to probe at init beside the defaults")
+    parser.add_argument("--model", nargs="*", default=[], type=Path, help="trained fold folders (…/fold_0)")
+    parser.add_argument("--data", type=Path, default=None, help="an nnU-Net preprocessed folder of the configuration")
+    parser.add_argument("--cases", type=int, default=4, help="input cases (default 4)")
+    args = parser.parse_args(argv)
+    if not args.plans and not args.model:
+        parser.error("give --plans (networks at init) or --model (trained folds)")
+    if args.cases < 1:
+        parser.error("--cases must be >= 1")
+    try:
+        for name in args.plans:
+            print(at_init(name, args.arms, args.data, args.cases))
+        for folder in args.model:
+            print(trained(folder, args.data, args.cases))
+    except UsageError as err:
+        print(f"python -m nnunet_sss.bench.wkv_probe: {err}", file=__import__("sys").stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
