@@ -24,8 +24,8 @@ Two switches isolate what the WKV itself adds (everything else of the mix stays)
   from about one token to about a thousand (`token_decay_init`), so some channels are local
   from the first step whatever the window. The operator divides by the sequence length itself,
   so it is handed w' T and u T, with T the longest window of the partition (a window cut shorter
-  at the map border decays up to T / T_n faster), w' T capped at TOKEN_DECAY_CAP (the O(T)
-  PyTorch path's exponents must stay within float64).
+  at the map border decays up to T / T_n faster), w' capped at TOKEN_RATE_CAP per token (past it
+  the WKV weighs little but the adjacent tokens; the cap holds whatever the window's length).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from .shift import shift_starts
 
 MIXERS = ("wkv", "mean", "identity")
 DECAYS = ("window", "token")
-TOKEN_DECAY_CAP = 500.0  # max of w' T in "token" mode; exp(500) is far inside float64
+TOKEN_RATE_CAP = 8.0  # max per-token decay w' in "token" mode: the token after next weighs e^-8 of the next
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class SpatialMix(nn.Module):
         """(w, u) as the operator takes them (it divides both by the sequence length)."""
         if self.decay_mode == "window":
             return self.decay, self.bonus
-        return torch.exp(self.decay).mul(seq_len).clamp(max=TOKEN_DECAY_CAP), self.bonus * seq_len
+        return torch.exp(self.decay).clamp(max=TOKEN_RATE_CAP).mul(seq_len), self.bonus * seq_len
 
     def mix_tokens(self, k: Tensor, v: Tensor, wkv_size) -> Tensor:
         """(B, S', C) keys (None unless the mixer is the WKV) and values on the WKV grid ->

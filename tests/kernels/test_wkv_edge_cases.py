@@ -31,6 +31,22 @@ def test_extreme_keys_and_decay(t, w_mode, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_decay_of_several_per_token_over_long_sequences(backend):
+    """The per-token decay of the spatial mix's "token" mode hands the operator w' T with w' up to
+    TOKEN_RATE_CAP: |w| far above 700 over sequences longer than the O(T) path's re-weighting
+    blocks, padded ones among them. Outputs and gradients match the reference, none overflow."""
+    t = 150
+    k, v, _, u, grad_y = random_inputs(3, t, 6, seed=5, k_range=4.0)
+    w = torch.tensor([0.01, 0.5, 1.0, 3.0, 8.0, 8.0]) * t  # per token 0.01 .. 8 on a full sequence
+    lengths = torch.tensor([t, 70, 1])
+    result = op_and_grads(k, v, w, u, grad_y, lengths=lengths, backend=backend)
+    assert all(torch.isfinite(x).all() for x in result)
+    errs = errors(result, reference_and_grads(k, v, w, u, grad_y, lengths))
+    assert errs.pop("y") <= TOLERANCE
+    assert max(errs.values()) <= 10 * TOLERANCE, errs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_single_token_returns_v(backend):
     """T = 1: the only weight is the bonus term, so y = v whatever k, w, u are."""
     k, v, w, u, grad_y = random_inputs(4, 1, 5, seed=1, k_range=1000.0, w_range=50.0)

@@ -9,7 +9,7 @@ from nnunet_sss import RWKVSSSUNet
 from nnunet_sss.kernels import bi_wkv
 from nnunet_sss.network.block import RWKVLayer, StageScanBlock
 from nnunet_sss.network.scan import clip_window, partition, window_starts
-from nnunet_sss.network.spatial_mix import TOKEN_DECAY_CAP, SpatialMix
+from nnunet_sss.network.spatial_mix import TOKEN_RATE_CAP, SpatialMix
 from nnunet_sss.network.unet import equal_window_stages
 from network_cases import tiny_kwargs
 
@@ -78,10 +78,17 @@ def test_token_decay_acts_per_token_whatever_the_window_length(seq_len):
     assert bool((rate[1:] < rate[:-1]).all())
 
 
-def test_token_decay_is_capped_for_long_windows():
+def test_token_decay_keeps_its_rate_in_long_windows_and_is_capped_per_token():
+    """A window of 11,200 tokens (3d stage 0 at the Hippocampus patch) keeps the channels that
+    decay by e per token local; a rate pushed past the cap is held there."""
     mix = SpatialMix(4, 1, (None,), (1,), decay="token")
-    w, _ = mix.wkv_parameters(10_000)
-    assert float(w.max()) == TOKEN_DECAY_CAP and float(w.min()) < TOKEN_DECAY_CAP
+    w, u = mix.wkv_parameters(11_200)
+    torch.testing.assert_close(w / 11_200, torch.exp(mix.decay.detach()))
+    torch.testing.assert_close(u / 11_200, mix.bonus.detach())
+    with torch.no_grad():
+        mix.decay[0] = 5.0  # e^5 = 148 per token
+    w, _ = mix.wkv_parameters(100)
+    assert float(w[0]) == pytest.approx(TOKEN_RATE_CAP * 100) and float(w[1]) < TOKEN_RATE_CAP * 100
 
 
 def test_layer_scale_scales_each_branch():
