@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .constants import cached_constant
 
 BACKENDS = ("torch", "cpp")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -96,17 +97,10 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _normalising_scale(size: Tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
+@cached_constant()
+def _normalising_scale(size: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """2 / n per axis, last axis first: voxel units -> grid_sample's units."""
     return torch.tensor([2.0 / n for n in size[::-1]], dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_scale(size: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Cached so that a step copies nothing from the host (a copy per call stalls an eager CUDA
-    step and cannot be captured in a CUDA graph)."""
-    with torch.inference_mode(False):  # a normal tensor, usable in training too
-        return _normalising_scale(size, dtype, device)
 
 
 def _grid_sample(x_rows: Tensor, coords: Tensor) -> Tensor:
@@ -114,8 +108,7 @@ def _grid_sample(x_rows: Tensor, coords: Tensor) -> Tensor:
     size = x_rows.shape[1:-1]
     dims = len(size)
     # voxel units -> grid_sample's normalised units (align_corners=False), last axis first
-    scale = (_normalising_scale if torch.compiler.is_compiling() else _cached_scale)(  # traced: a graph constant
-        tuple(size), coords.dtype, coords.device)
+    scale = _normalising_scale(tuple(size), coords.dtype, coords.device)
     grid = (coords.flip(-1) + 0.5) * scale - 1
     if dims == 1:  # grid_sample has no 1D mode: a 2D map of height 1
         x_rows, grid = x_rows.unsqueeze(1), torch.cat([grid, torch.zeros_like(grid)], -1).unsqueeze(1)

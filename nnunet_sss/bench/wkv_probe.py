@@ -17,7 +17,6 @@ spatial correlation: its spread understates what a real image keeps).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -99,9 +98,9 @@ def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int)
 
 def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
     """The facts of a trained fold, its network built as its trainer builds it."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_sss.compare.efficiency import build_trainer_network
 
     model = fold_folder.parent
     parts = model.name.split("__")
@@ -112,28 +111,17 @@ def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
     if checkpoint is None:
         raise UsageError(f"{fold_folder} has no checkpoint_final.pth or checkpoint_best.pth")
     trainer_name, _, configuration = parts
-    plans = json.loads((model / "plans.json").read_text())
-    dataset_json = json.loads((model / "dataset.json").read_text())
-    plans_manager = PlansManager(plans)
-    manager = plans_manager.get_configuration(configuration)
-    from nnunet_sss.nnunet_ext import nnunet_sss_trainers
-
-    trainer_class = getattr(nnunet_sss_trainers, trainer_name, None)
-    if trainer_class is None:
-        try:
-            trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-        except RuntimeError:
-            raise UsageError(f"trainer {trainer_name} not found among nnU-Net's and nnunet-sss's trainers") from None
-    n_inputs = determine_num_input_channels(plans_manager, manager, dataset_json)
-    network = trainer_class.build_network_architecture(
-        plans_manager, manager, n_inputs, plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
-        enable_deep_supervision=False)
+    try:
+        network, (n_inputs, *patch), _ = build_trainer_network(model, trainer_name, configuration)
+    except RuntimeError:  # nnU-Net's lookup found no such trainer
+        raise UsageError(f"trainer {trainer_name} not found among nnU-Net's and nnunet-sss's trainers") from None
     weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
     network.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})
     if data is None and os.environ.get("nnUNet_preprocessed"):
-        candidate = Path(os.environ["nnUNet_preprocessed"]) / model.parent.name / manager.data_identifier
+        identifier = PlansManager(str(model / "plans.json")).get_configuration(configuration).data_identifier
+        candidate = Path(os.environ["nnUNet_preprocessed"]) / model.parent.name / identifier
         data = candidate if candidate.is_dir() else None
-    x = _input(manager.patch_size, n_inputs, data, n_cases)
+    x = _input(patch, n_inputs, data, n_cases)
     title = f"{model.name} {fold_folder.name} ({checkpoint.name}; {'preprocessed cases' if data else 'noise'} x{len(x)})"
     return _table(title, layer_facts(network, x))
 

@@ -18,7 +18,6 @@ on every tile and mirror.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence, Tuple, Type
 
@@ -28,6 +27,7 @@ from torch.nn.modules.conv import _ConvNd
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
 
 from nnunet_sss.kernels import linear_sample
+from nnunet_sss.kernels.constants import cached_constant
 
 from .cost import dynamic_upsample_activations
 from .init import keep_init
@@ -35,23 +35,12 @@ from .init import keep_init
 OFFSET_SCOPE = 0.25  # offsets in input voxels, at most about a quarter voxel per unit of the conv
 
 
-def _grid(out_size, scale, dtype, device) -> Tensor:
-    """(*out_size, D): output voxel o of axis a looks at input coordinate (o + 0.5) / f - 0.5."""
+@cached_constant()
+def base_grid(out_size: Tuple[int, ...], scale: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(*out_size, D), the sampling grid without offsets: output voxel o of axis a looks at input
+    coordinate (o + 0.5) / f - 0.5. Cached per (size, scale, dtype, device); read-only."""
     axes = [(torch.arange(n, device=device, dtype=dtype) + 0.5) / f - 0.5 for n, f in zip(out_size, scale)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_grid(out_size, scale, dtype, device) -> Tensor:
-    with torch.inference_mode(False):  # a normal tensor, usable in training too
-        return _grid(out_size, scale, dtype, device)
-
-
-def base_grid(out_size: Tuple[int, ...], scale: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The sampling grid without offsets, cached per (size, scale, dtype, device); read-only."""
-    if torch.compiler.is_compiling():  # traced: inductor folds it into the graph
-        return _grid(out_size, scale, dtype, device)
-    return _cached_grid(tuple(out_size), tuple(scale), dtype, torch.device(device))
 
 
 class DynamicUpsample(nn.Module):

@@ -49,7 +49,7 @@ def _dice(a, b, labels=(1, 2)):
 def test_predictions_with_the_cached_grid_equal_the_uncached(predictor_and_image, monkeypatch):
     predictor, image, properties = predictor_and_image
     cached = _predict(predictor, image, properties)
-    monkeypatch.setattr(upsample, "base_grid", upsample._grid)  # rebuilt on every call, as before
+    monkeypatch.setattr(upsample, "base_grid", upsample.base_grid.__wrapped__)  # rebuilt on every call, as before
     fresh = _predict(predictor, image, properties)
     assert min(_dice(cached, fresh)) >= 1 - 1e-3
     assert np.array_equal(cached, fresh)
@@ -60,7 +60,7 @@ def test_inference_builds_nothing_per_tile_and_skips_training_only_work(predicto
     layer is checkpointed; only the full-resolution segmentation head runs."""
     predictor, image, properties = predictor_and_image
     _predict(predictor, image, properties)  # fills the caches
-    plans, grids = scan._build_plan.cache_info().misses, upsample._cached_grid.cache_info().misses
+    plans, grids = scan._build_plan.cache_info().misses, upsample.base_grid.cache_info().misses
     device_plans = dict(scan._DEVICE_PLANS)
 
     def no_checkpoint(*args, **kwargs):
@@ -80,7 +80,7 @@ def test_inference_builds_nothing_per_tile_and_skips_training_only_work(predicto
             h.remove()
     assert forwards[0] == 8  # 2 x 2 x 2 tiles of 16 x 24 x 16 in 20 x 30 x 18
     assert calls == [0] * (len(heads) - 1) + [forwards[0]]
-    assert scan._build_plan.cache_info().misses == plans and upsample._cached_grid.cache_info().misses == grids
+    assert scan._build_plan.cache_info().misses == plans and upsample.base_grid.cache_info().misses == grids
     assert scan._DEVICE_PLANS.keys() == device_plans.keys()
     assert all(scan._DEVICE_PLANS[key] is plan for key, plan in device_plans.items())  # the same tensors
 
