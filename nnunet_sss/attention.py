@@ -113,8 +113,9 @@ class Model:
 
 def find_model(args) -> Model:
     """The model folder, fold checkpoint and trainer, checked; nothing loaded yet."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_sss.training.lookup import find_trainer_class
 
     results = nnunet_folder("nnUNet_results")
     dataset = dataset_folder(results, args.dataset, "nnUNet_results", "train a model of it first (nnUNetv2_train)")
@@ -136,8 +137,7 @@ def find_model(args) -> Model:
         raise AttentionError(f"configuration {args.configuration} is a cascade stage (it needs the previous "
                              "stage's segmentation): map its previous stage or a single-stage configuration")
     try:
-        with _quiet():
-            trainer_class = recursive_find_trainer_class_by_name(args.trainer)
+        trainer_class = find_trainer_class(args.trainer)
     except RuntimeError:
         raise AttentionError(f"trainer {args.trainer} not found (for RWKV-SSS trainers: eval \"$(nnunet-sss env)\")") \
             from None
@@ -158,16 +158,10 @@ def _load(path: str) -> dict:
 
 def check_has_wkv(model: Model, configuration: str) -> None:
     """The trainer's network (built from the plans, no weights) must hold a Bi-WKV layer."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     from nnunet_sss.network.attention import spatial_mixes
+    from nnunet_sss.training.lookup import build_network
 
-    plans_manager = PlansManager(model.plans)
-    manager = plans_manager.get_configuration(configuration)
-    network = model.trainer_class.build_network_architecture(
-        plans_manager, manager, determine_num_input_channels(plans_manager, manager, model.dataset_json),
-        plans_manager.get_label_manager(model.dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    network, _, _ = build_network(model.trainer_class, model.plans, configuration, model.dataset_json, False)
     if not spatial_mixes(network):
         raise AttentionError(f"{model.trainer_class.__name__}'s network ({type(network).__name__}) has no Bi-WKV "
                              "layer: there is no WKV attention to map (the no-RWKV ablation and nnU-Net's own "

@@ -68,20 +68,18 @@ def trained_model(folder: str, args) -> Model:
 def untrained_model(trainer: str, plans: dict, configuration: str, dataset_json: dict, args) -> Model:
     """The network `trainer` builds from the plans, random weights, mirroring on every axis
     (nnUNetTrainer's default)."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_sss.training.lookup import build_network, find_trainer_class
+
     try:
-        trainer_class = recursive_find_trainer_class_by_name(trainer)
+        trainer_class = find_trainer_class(trainer)
     except RuntimeError:
         raise SystemExit(f"error: trainer {trainer} not found (for RWKV-SSS trainers: eval \"$(nnunet-sss env)\")") \
             from None
     plans_manager = PlansManager(plans)
     manager = plans_manager.get_configuration(configuration)
-    network = trainer_class.build_network_architecture(
-        plans_manager, manager, determine_num_input_channels(plans_manager, manager, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    network, _, _ = build_network(trainer_class, plans_manager, configuration, dataset_json, False)
     predictor = _predictor(args)
     predictor.manual_initialization(network, plans_manager, manager, [network.state_dict()], dataset_json, trainer,
                                     tuple(range(len(manager.patch_size))))

@@ -241,7 +241,7 @@ def _npz_problem(folder: Path, model: Model, fold: int) -> str | None:
 
 
 def _trainer_problem(trainer: str) -> str | None:
-    from nnunet_sss.compare.efficiency import find_trainer_class
+    from nnunet_sss.training.lookup import find_trainer_class
 
     try:
         find_trainer_class(trainer)

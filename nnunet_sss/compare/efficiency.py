@@ -3,8 +3,6 @@ network measured by nnunet_sss.measure.measure_network, built exactly as nnU-Net
 it (the trainer's build_network_architecture on the plans.json stored with the results)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import statistics
@@ -72,34 +70,14 @@ def training_times(model_folder: Path, folds: Sequence) -> dict:
             "train_wall_s_total": sum(walls) if walls and all(w is not None for w in walls) else None}
 
 
-def find_trainer_class(trainer: str):
-    """This package's trainer of that name, else nnU-Net's lookup (which imports every trainer module it
-    has: seconds) through nnunetv2.training and nnUNet_extTrainer."""
-    from nnunet_sss.training import TRAINERS
-
-    if trainer in TRAINERS:
-        return TRAINERS[trainer]
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its class search
-        return recursive_find_trainer_class_by_name(trainer)
-
-
 def build_trainer_network(model_folder: Path, trainer: str, configuration: str):
     """(network, input_shape, batch_size) as nnU-Net would build them for this trained model."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_sss.training.lookup import build_network, find_trainer_class
 
     model_folder = Path(model_folder)
-    plans_manager = PlansManager(str(model_folder / "plans.json"))
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
-    configuration_manager = plans_manager.get_configuration(configuration)
-    trainer_class = find_trainer_class(trainer)
-    num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-    network = trainer_class.build_network_architecture(plans_manager, configuration_manager, num_inputs,
-                                                       num_outputs, True)
-    return network, (num_inputs, *configuration_manager.patch_size), configuration_manager.batch_size
+    return build_network(find_trainer_class(trainer), str(model_folder / "plans.json"), configuration, dataset_json,
+                         True)
 
 
 def measure_trainer_network(model_folder: Path, trainer: str, configuration: str, *, device: str = "cpu",

@@ -35,6 +35,8 @@ class Schedule:
 SCHEDULES = MappingProxyType({
     # ../shared/protocols/hippocampus-cpu.md: the CPU-budget accuracy protocol
     "cpubudget": Schedule(epochs=20, iterations=50, val_iterations=5, batch_3d=2, batch_2d=32, save_every=1),
+    # the same budget three times as long (issue: make the WKV earn its place): does a gap open with training?
+    "cpubudget3x": Schedule(epochs=60, iterations=50, val_iterations=5, batch_3d=2, batch_2d=32, save_every=1),
     # tests: the end-to-end nnU-Net CLI run
     "smoke": Schedule(epochs=2, iterations=3, val_iterations=2, batch_3d=2, batch_2d=8, save_every=1,
                       test_time_mirroring=False),

@@ -92,3 +92,26 @@ def test_export_line_keeps_other_trainer_folders(tmp_path):
     assert sss_env.problem({"nnUNet_extTrainer": both}) is None
     spaced = tmp_path / "a folder"
     assert sss_env.export_line({"nnUNet_extTrainer": str(spaced)}).endswith(f"'{ours}{os.pathsep}{spaced}'")
+
+
+def test_tools_find_and_build_a_trainer_network_as_nnunet_does(monkeypatch):
+    """The one lookup the tools share: this package's classes without a search, nnU-Net's own by
+    its search, a missing name as nnU-Net's RuntimeError; the network the trainer builds from plans."""
+    from nnunet_sss.network.unet import RWKVSSSUNet
+    from nnunet_sss.training.lookup import build_network, find_trainer_class
+
+    from .handwritten_plans import handwritten_plans
+
+    monkeypatch.setenv("nnUNet_extTrainer", sss_env.ext_trainer_folder())
+    assert find_trainer_class("nnUNetTrainerRWKVSSS") is TRAINERS["nnUNetTrainerRWKVSSS"]
+    assert find_trainer_class("nnUNetTrainer").__module__.startswith("nnunetv2.training.nnUNetTrainer")
+    with pytest.raises(RuntimeError):
+        find_trainer_class("nnUNetTrainerDoesNotExist")
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
+                    "file_ending": ".nii.gz", "numTraining": 1}
+    for configuration, deep in (("2d", False), ("3d_fullres", True)):
+        network, shape, batch = build_network(TRAINERS["nnUNetTrainerRWKVSSS"], handwritten_plans(), configuration,
+                                              dataset_json, deep)
+        conf = handwritten_plans()["configurations"][configuration]
+        assert isinstance(network, RWKVSSSUNet) and network.decoder.deep_supervision is deep
+        assert shape == (1, *conf["patch_size"]) and batch == conf["batch_size"]

@@ -104,6 +104,7 @@ def _trainer(trainer_class, configuration, plans=None):
 @pytest.mark.parametrize("name,configuration,batch", [
     ("nnUNetTrainer_cpubudget", "3d_fullres", 2), ("nnUNetTrainerRWKVSSS_cpubudget", "2d", 32),
     ("nnUNetTrainerRWKVSSS_noRWKV_cpubudget", "3d_cascade_fullres", 2), ("nnUNetTrainerRWKVSSS_SGD_smoke", "2d", 8),
+    ("nnUNetTrainerAdamWWarmup_cpubudget3x", "2d", 32),
 ])
 def test_schedule_reaches_everything_derived_from_it(name, configuration, batch, results_env, monkeypatch):
     trainer = _trainer(TRAINERS[name], configuration)
@@ -235,3 +236,10 @@ def test_adamw_control_trains_nnunets_own_network_with_the_rwkvsss_schedule(resu
         assert isinstance(trainer.optimizer, torch.optim.AdamW)
         assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [5e-2, 0.0]
     assert _lrs_of_epoch(control, monkeypatch) == pytest.approx(_lrs_of_epoch(rwkvsss, monkeypatch))
+
+
+def test_the_long_budget_is_the_protocol_budget_three_times_as_long():
+    from dataclasses import replace
+
+    budget = SCHEDULES["cpubudget"]
+    assert SCHEDULES["cpubudget3x"] == replace(budget, epochs=3 * budget.epochs)
