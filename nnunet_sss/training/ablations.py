@@ -26,9 +26,17 @@ ABLATIONS = MappingProxyType({
     "mergeWindows": ({"merge_equal_windows": True}, "one layer where the global and local windows coincide"),
 })
 
-ABLATION_TRAINERS = tuple(
-    define_variant(globals(), f"{nnUNetTrainerRWKVSSS.__name__}_{suffix}", (nnUNetTrainerRWKVSSS,),
-                   {"network_overrides": MappingProxyType({**nnUNetTrainerRWKVSSS.network_overrides, **option})},
-                   f"RWKV-SSS ablation: {what} ({option}).")
-    for suffix, (option, what) in ABLATIONS.items()
+# candidate changes of the training rather than the network: suffix: (trainer attributes, what)
+TRAINING_ARMS = MappingProxyType({
+    "wkvFastDecay": ({"wkv_lr_scale": 10.0}, "the WKV's decay and bonus trained at 10x the rate of the rest"),
+})
+
+ABLATION_TRAINERS = (
+    *(define_variant(globals(), f"{nnUNetTrainerRWKVSSS.__name__}_{suffix}", (nnUNetTrainerRWKVSSS,),
+                     {"network_overrides": MappingProxyType({**nnUNetTrainerRWKVSSS.network_overrides, **option})},
+                     f"RWKV-SSS ablation: {what} ({option}).")
+      for suffix, (option, what) in ABLATIONS.items()),
+    *(define_variant(globals(), f"{nnUNetTrainerRWKVSSS.__name__}_{suffix}", (nnUNetTrainerRWKVSSS,), dict(attributes),
+                     f"RWKV-SSS candidate: {what} ({attributes}).")
+      for suffix, (attributes, what) in TRAINING_ARMS.items()),
 )

@@ -16,17 +16,32 @@ from torch.optim.lr_scheduler import LRScheduler
 DECAYED_LAYERS = (_ConvNd, nn.Linear)
 
 
-def adamw_param_groups(network: nn.Module, weight_decay: float) -> list:
-    """Two AdamW parameter groups: [decayed layer weights, everything else with decay 0]."""
-    decay, no_decay, seen = [], [], set()
+def adamw_param_groups(network: nn.Module, weight_decay: float, wkv_lr_scale: float = 1.0) -> list:
+    """AdamW parameter groups: [decayed layer weights, everything else with decay 0], and with
+    wkv_lr_scale != 1 a third group, the WKV's decay and bonus, whose rate the scheduler scales by
+    it (`lr_scale`). Why: per-channel scalars move about lr per step under Adam, so at lr 1e-3 a
+    1,000-step budget leaves the decay near its init (docs/results.md, the probe)."""
+    from nnunet_sss.network.spatial_mix import SpatialMix
+
+    decay, no_decay, fast, seen = [], [], [], set()
     for module in network.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            (decay if name == "weight" and isinstance(module, DECAYED_LAYERS) else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+            if name == "weight" and isinstance(module, DECAYED_LAYERS):
+                decay.append(param)
+            elif wkv_lr_scale != 1.0 and isinstance(module, SpatialMix) and name in ("decay", "bonus"):
+                fast.append(param)
+            else:
+                no_decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if wkv_lr_scale != 1.0:  # two groups otherwise, as checkpoints of the default trainers hold them
+        if not fast:
+            raise ValueError(f"wkv_lr_scale={wkv_lr_scale} but the network has no WKV decay or bonus to scale")
+        groups.append({"params": fast, "weight_decay": 0.0, "lr_scale": wkv_lr_scale})
+    return groups
 
 
 def warmup_poly_lr(epoch: float, peak_lr: float, num_epochs: int, warmup_epochs: float,
@@ -57,8 +72,8 @@ class WarmupPolyLRScheduler(LRScheduler):
             self.epoch = float(epoch)
         lr = warmup_poly_lr(self.epoch, self.peak_lr, self.num_epochs, self.warmup_epochs, self.exponent)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def in_warmup(self, epoch: float) -> bool:
         return epoch < self.warmup_epochs

@@ -26,6 +26,7 @@ class AdamWWarmupMixin:
     default_initial_lr = 1e-3
     default_weight_decay = 5e-2
     warmup_fraction = 0.05                   # of num_epochs; 50 of 1000, one of 20
+    wkv_lr_scale = 1.0                       # the WKV decay and bonus's rate over the others' (optim.py)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -35,7 +36,8 @@ class AdamWWarmupMixin:
         self.iteration_in_epoch = 0
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr)
+        groups = adamw_param_groups(self.network, self.weight_decay, self.wkv_lr_scale)
+        optimizer = torch.optim.AdamW(groups, lr=self.initial_lr)
         warmup_epochs = max(1.0, self.warmup_fraction * self.num_epochs)
         return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup_epochs)
 

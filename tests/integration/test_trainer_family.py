@@ -211,6 +211,30 @@ def test_trainer_warms_up_per_iteration_and_resumes_on_the_same_curve(results_en
     assert _lrs_of_epoch(resumed, monkeypatch) == pytest.approx(run[2])
 
 
+def test_fast_decay_arm_trains_only_the_wkv_decay_and_bonus_faster(results_env):
+    """`wkvFastDecay`: a third AdamW group, exactly the spatial mixes' decay and bonus, at 10x the
+    scheduled rate through warm-up and decay; the default trainer keeps its two groups."""
+    from nnunet_sss.network.spatial_mix import SpatialMix
+
+    trainer = _trainer(TRAINERS["nnUNetTrainerRWKVSSS_wkvFastDecay_cpubudget"], "3d_fullres")
+    trainer.network, _, _ = _build(type(trainer), "3d_fullres")
+    optimizer, scheduler = trainer.configure_optimizers()
+    *_, fast = optimizer.param_groups
+    mixes = [m for m in trainer.network.modules() if isinstance(m, SpatialMix)]
+    assert mixes and {id(p) for p in fast["params"]} == {id(p) for m in mixes for p in (m.decay, m.bonus)}
+    assert fast["weight_decay"] == 0.0
+    for epoch in (0.5, 3):
+        scheduler.step(epoch)
+        rates = [group["lr"] for group in optimizer.param_groups]
+        assert rates[0] == rates[1] == pytest.approx(warmup_poly_lr(epoch, 1e-3, 20, 1.0))
+        assert rates[2] == pytest.approx(10 * rates[0]) and scheduler.get_last_lr() == rates
+    with pytest.raises(ValueError, match="no WKV decay"):
+        adamw_param_groups(torch.nn.Linear(2, 2), 0.05, 10.0)
+    default = _trainer(TRAINERS["nnUNetTrainerRWKVSSS_cpubudget"], "3d_fullres")
+    default.network = trainer.network
+    assert len(default.configure_optimizers()[0].param_groups) == 2
+
+
 def test_sgd_variant_keeps_nnunets_schedule(results_env):
     trainer = _trainer(nnUNetTrainerRWKVSSS_SGD, "2d")
     trainer.network, _, _ = _build(nnUNetTrainerRWKVSSS_SGD, "2d")
