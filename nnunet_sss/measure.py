@@ -204,15 +204,16 @@ class _OpTimer(TorchDispatchMode):
         return out
 
 
-OPS_TIME, FORWARD_TIME, OPS = "sum of the ops (timed)", "forward (untimed)", "ops dispatched"
+OPS_TIME, FORWARD_TIME, OPS, GFLOP = "sum of the ops (timed)", "forward (untimed)", "ops dispatched", "GFLOP (matmuls, convs)"
 
 
 def forward_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 5) -> dict:
     """Where one inference forward's CPU time goes (eval mode, torch.inference_mode, as nnU-Net's
     predictor runs a tile), in ms: each op's process CPU time, summed per `STEP_PARTS` entry
     (medians of `repeats` timed forwards after one untimed), their sum (`OPS_TIME`), the median
-    CPU time of the same forward without the timer (`FORWARD_TIME`), and the number of aten ops
-    (`OPS`). CPU time rather than the profiler's wall clock: on a loaded machine it moves much
+    CPU time of the same forward without the timer (`FORWARD_TIME`), the number of aten ops
+    (`OPS`) and the forward's FLOPs (`GFLOP`, torch.utils.flop_counter's formulas: what the work
+    would cost if every op ran at the same rate). CPU time rather than the profiler's wall clock: on a loaded machine it moves much
     less. Timing each op costs a few microseconds of its own (the Python dispatch mode wraps
     its outputs), so with many small ops `OPS_TIME` can exceed `FORWARD_TIME`."""
     x = torch.randn((batch_size, *input_shape))
@@ -235,6 +236,9 @@ def forward_breakdown(network: nn.Module, input_shape: Sequence[int], batch_size
     parts[OPS_TIME] = sum(parts.values())
     parts[FORWARD_TIME] = 1e3 * statistics.median(forward)
     parts[OPS] = timers[0].ops
+    with torch.no_grad(), _FlopCounter() as flops:  # under inference_mode convs reach no formula
+        network(x)
+    parts[GFLOP] = flops.total / 1e9
     return parts
 
 

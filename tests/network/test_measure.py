@@ -1,13 +1,15 @@
 """nnunet_sss.measure.measure_network: the numbers it returns are the network's, for any network."""
+import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from nnunet_sss import RWKVSSSUNet
 import nnunet_sss.network.block as block_module
 from nnunet_sss.bench.network import _plain_kwargs, saved_bytes_table
-from nnunet_sss.measure import (FORWARD_TIME, OPS, OPS_TIME, STEP_PARTS, forward_breakdown, measure_network,
+from nnunet_sss.measure import (FORWARD_TIME, GFLOP, OPS, OPS_TIME, STEP_PARTS, forward_breakdown, measure_network,
                                 saved_bytes, step_breakdown, whole_batch)
 
 from network_cases import tiny_kwargs
@@ -137,8 +139,13 @@ def test_forward_breakdown_sorts_an_inference_forward_by_kind_of_op():
     ours = forward_breakdown(net, (1, 16, 16), 1, repeats=3)
     assert not net.training  # measured as the predictor runs it
     for parts in (plain, ours):
-        assert list(parts) == [name for name, _ in STEP_PARTS] + [OPS_TIME, FORWARD_TIME, OPS]
+        assert list(parts) == [name for name, _ in STEP_PARTS] + [OPS_TIME, FORWARD_TIME, OPS, GFLOP]
         assert abs(sum(parts[name] for name, _ in STEP_PARTS) - parts[OPS_TIME]) < 1e-6
         assert parts["convolutions"] > 0 and parts[FORWARD_TIME] > 0
     assert plain["Bi-WKV"] == 0 and ours["Bi-WKV"] > 0 and ours["matmuls"] > plain["matmuls"]
     assert 0 < plain[OPS] < ours[OPS]
+    reference = PlainConvUNet(**plain_kwargs).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        reference(torch.randn(1, 1, 16, 16))
+    assert plain[GFLOP] == pytest.approx(counter.get_total_flops() / 1e9) and plain[GFLOP] > 0
+    assert ours[GFLOP] > 0
