@@ -11,6 +11,9 @@ Sections:
 - per (configuration, folds) on which arms were trained: the arms and the references on those
   folds, each paired against the optimiser control (and the arms against RWKV-SSS), with cost
   and a Dice-against-cost plot;
+- per section, the default that issue 25's rule picks from its numbers (`decide`): the candidate
+  (RWKV-SSS or an arm) that beats the control with a paired interval above 0, else the cheapest
+  one not below it;
 - nnUNetv2_find_best_configuration over every configuration on the folds they all have, as
   nnU-Net scored it (crossval_results_folds_*/summary.json, ensembles/*/summary.json) and picked it
   (inference_information.json).
@@ -173,9 +176,40 @@ def _section(kind: str, configuration: str, folds, entries: list, roles: dict, o
     group = build_group(entries, resamples, seed, paired_metrics=(METRIC,), pairs=_pairs(entries, roles))
     labels = {e.name: s["label"] for e, s in zip(entries, group["entries"])}
     group["title"] = f"{configuration}, folds {', '.join(map(str, folds))}"
-    return {"kind": kind, "configuration": configuration, "folds": list(folds), "group": group,
-            "roles": {labels[name]: role for role, name in roles.items()},
-            "cost": {labels[e.name]: model_cost(e, folds, ops, networks) for e in entries if e.kind == "model"}}
+    section = {"kind": kind, "configuration": configuration, "folds": list(folds), "group": group,
+               "roles": {labels[name]: role for role, name in roles.items()},
+               "cost": {labels[e.name]: model_cost(e, folds, ops, networks) for e in entries if e.kind == "model"}}
+    section["decision"] = decide(section)
+    return section
+
+
+def decide(section: dict) -> dict:
+    """Issue 25's rule on one section's folds. The candidates are RWKV-SSS and the arms. One whose
+    paired interval against the control lies above 0 becomes the configuration's default; among
+    several, the largest mean difference, and where that is equal to 4 decimals the lower cost.
+    Where none is above, the default is the cheapest candidate whose interval does not lie below 0.
+    Cost: seconds per iteration, then parameters (a candidate with no logged time ranks last)."""
+    control = _label(section, "control")
+    candidates = [label for label, role in section["roles"].items() if role == "rwkv"] + \
+        [e["label"] for e in section["group"]["entries"] if e["kind"] == "model" and e["label"] not in section["roles"]]
+
+    def cost(label):
+        c = section["cost"].get(label, {})
+        return (math.inf if c.get("s_per_it") is None else c["s_per_it"], c.get("params_M", math.inf))
+
+    pairs = {label: _pair(section, control, label) for label in candidates}
+    above = [label for label in candidates if pairs[label]["ci_low"] > 0]
+    if above:
+        choice = min(above, key=lambda label: (-round(pairs[label]["mean_difference"], 4), cost(label)))
+        rule = "beats the control (paired interval above 0)"
+    else:
+        not_worse = [label for label in candidates if pairs[label]["ci_high"] >= 0]
+        choice = min(not_worse, key=cost) if not_worse else None
+        rule = "none beats the control: the cheapest that is not worse" if not_worse else \
+            "every candidate is worse than the control"
+    return {"rule": rule, "choice": choice, "candidates": candidates,
+            "against_control": {label: {k: pairs[label][k] for k in ("mean_difference", "ci_low", "ci_high")}
+                                for label in candidates}}
 
 
 def load_sections(study: Study, root: Path, dataset: str, ensembles: bool) -> tuple[list, dict | None, list[str]]:
@@ -344,6 +378,20 @@ def _headline(report: dict) -> list[str]:
                              f"[{_signed(p['ci_low'])}, {_signed(p['ci_high'])}], p = {number(p['p_value'], 4)}: "
                              f"{verdict(p)}")
         lines.append("")
+    lines += ["The default by issue 25's rule (candidates: RWKV-SSS and the arms; each against the optimiser "
+              "control on the section's cases; among several above 0 the largest difference, then the lower "
+              "s / it; with none above, the cheapest not below):", ""]
+    for section in report["sections"]:
+        decision = section["decision"]
+        choice, title = decision["choice"], section["group"]["title"]
+        if choice is None:
+            lines.append(f"- {title}: none ({decision['rule']})")
+            continue
+        d, cost = decision["against_control"][choice], section["cost"][choice]
+        lines.append(f"- {title}: {choice}, {_signed(d['mean_difference'])} [{_signed(d['ci_low'])}, "
+                     f"{_signed(d['ci_high'])}] over the control, {number(cost.get('s_per_it'), 3)} s / it; "
+                     f"{decision['rule']} (of {len(decision['candidates'])})")
+    lines.append("")
     best = report.get("find_best")
     if best:
         top = best["rows"][0]

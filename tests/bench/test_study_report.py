@@ -168,3 +168,31 @@ def test_plots_and_markdown_of_a_small_study(tmp_path):
     text = (tmp_path / "report" / "study.md").read_text()
     assert "- RWKV-SSS vs optimiser control: 0.8162 vs 0.8062, +0.0100" in text
     assert "python -m nnunet_sss.bench.protocol report -d 4 " in built["rebuild"]
+
+
+def test_the_default_by_issue_25s_rule_prefers_a_winner_then_the_cheaper(report):
+    _, built, out = report
+    decision = _section(built, "arms", "2d")["decision"]
+    # RWKV-SSS and the ablation both beat the control by +0.0100 on folds 0-1: the cheaper one
+    # (0.825 s / it against 1.5) becomes the default
+    assert sorted(decision["candidates"]) == sorted([RWKV, ABLATION])
+    assert decision["choice"] == ABLATION and decision["rule"].startswith("beats the control")
+    assert decision["against_control"][ABLATION]["ci_low"] > 0
+    assert _section(built, "main", "3d_fullres")["decision"]["choice"] == RWKV
+    assert f"- 2d, folds 0, 1: {ABLATION}, +0.0100 [" in (out / "study.md").read_text()
+
+
+@pytest.mark.parametrize("rwkv_shift, expected", [(0.0, RWKV), (-0.02, None)])
+def test_the_default_by_issue_25s_rule_without_a_winner(tmp_path, monkeypatch, rwkv_shift, expected):
+    """No candidate above the control: the cheapest that is not below it, or none at all."""
+    monkeypatch.setitem(SHIFT, RWKV, {"1": rwkv_shift, "2": rwkv_shift})
+    monkeypatch.setitem(SHIFT, ABLATION, {"1": -0.02, "2": -0.02})   # cheaper, but worse
+    fake = FakeResults(tmp_path)
+    write_study(fake, folds={"2d": (0, 1)}, arms={ABLATION: {"2d": (0, 1)}}, ensembles=False)
+    study = Study.from_text("4", BASELINE, CONTROL, RWKV, ["2d=0,1"], [ABLATION])
+    built = build_report(study, tmp_path / "report", fake.results, ensembles=False, plots=False, resamples=500,
+                         progress=None)
+    decision = _section(built, "arms", "2d")["decision"]
+    assert decision["choice"] == expected
+    assert decision["rule"] == ("none beats the control: the cheapest that is not worse" if expected else
+                                "every candidate is worse than the control")
