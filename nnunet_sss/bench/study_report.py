@@ -316,11 +316,13 @@ def _plots(section: dict, out: Path) -> list[Path]:
     for label, cost in section["cost"].items():
         p = _pair(section, control, label)
         diff = p or {"mean_difference": 0.0, "ci_low": 0.0, "ci_high": 0.0}
-        points.append({"label": label.removeprefix("nnUNetTrainer") or label, "difference": diff["mean_difference"],
+        short = ROLE_NAMES.get(section["roles"].get(label)) or \
+            label.removeprefix("nnUNetTrainerRWKVSSS_").removesuffix("_cpubudget")
+        points.append({"label": short, "difference": diff["mean_difference"],
                        "ci_low": diff["ci_low"], "ci_high": diff["ci_high"], **{k: cost.get(k) for k in COSTS}})
     costs = {k: v for k, v in COSTS.items() if any(p[k] is not None for p in points)}
     if costs:
-        paths.append(dice_cost_plot(points, costs, control, f"{group['title']}: Dice against cost",
+        paths.append(dice_cost_plot(points, costs, ROLE_NAMES["control"], f"{group['title']}: Dice against cost",
                                     out / f"dice_cost_{key}.png"))
     return paths
 
