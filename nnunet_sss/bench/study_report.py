@@ -163,12 +163,14 @@ def _pairs(entries: list, roles: dict) -> list[tuple[int, int]]:
     return pairs
 
 
+def direction(pair: dict) -> int:
+    """+1 where the paired interval lies above 0, -1 where it lies below, 0 where it holds 0."""
+    return 1 if pair["ci_low"] > 0 else -1 if pair["ci_high"] < 0 else 0
+
+
 def verdict(pair: dict) -> str:
-    if pair["ci_low"] > 0:
-        return "better: interval above 0"
-    if pair["ci_high"] < 0:
-        return "worse: interval below 0"
-    return "no difference shown: interval includes 0"
+    return {1: "better: interval above 0", -1: "worse: interval below 0",
+            0: "no difference shown: interval includes 0"}[direction(pair)]
 
 
 def _section(kind: str, configuration: str, folds, entries: list, roles: dict, ops: bool, networks: dict,
@@ -198,12 +200,12 @@ def decide(section: dict) -> dict:
         return (math.inf if c.get("s_per_it") is None else c["s_per_it"], c.get("params_M", math.inf))
 
     pairs = {label: _pair(section, control, label) for label in candidates}
-    above = [label for label in candidates if pairs[label]["ci_low"] > 0]
+    above = [label for label in candidates if direction(pairs[label]) > 0]
     if above:
         choice = min(above, key=lambda label: (-round(pairs[label]["mean_difference"], 4), cost(label)))
         rule = "beats the control (paired interval above 0)"
     else:
-        not_worse = [label for label in candidates if pairs[label]["ci_high"] >= 0]
+        not_worse = [label for label in candidates if direction(pairs[label]) >= 0]
         choice = min(not_worse, key=cost) if not_worse else None
         rule = "none beats the control: the cheapest that is not worse" if not_worse else \
             "every candidate is worse than the control"
