@@ -9,6 +9,7 @@
         [--arm TRAINER[:PLANS][@CONFIGURATION=FOLDS...] ...] [--arm_folds 2d=0,1] \\
         [-device cpu] [-np N] [--no_ensembles] [--ops] [--dry_run]
     python -m nnunet_sss.bench.protocol report -o REPORT [the same study arguments] [--results_dir DIR]
+    python -m nnunet_sss.bench.protocol archive -d 4 -o ARCHIVE [--results_dir DIR] [--dry_run]
 
 `run` trains each (trainer, plans, configuration, fold) with nnU-Net's own CLI, one after the
 other on the same machine, with the protocol's settings (`-device cpu`, `nnUNet_n_proc_DA=1`,
@@ -43,6 +44,12 @@ same command after an interruption. --dry_run checks the inputs and prints what 
 `report` writes the study's report from a results folder alone (no training): -o REPORT/study.md,
 study.json and PNG plots (nnunet_sss/bench/study_report.py says what is in them).
 
+`archive` copies what the report reads of every finished fold (summary, logs, debug.json, the
+model's plans.json and dataset.json; no checkpoint, no prediction) into ARCHIVE in nnU-Net's
+layout, so that a study run over several sessions keeps its evidence: `report --results_dir
+ARCHIVE --no_ensembles` reads it (nnunet_sss/bench/archive.py). It never overwrites: a fold
+trained again is a conflict and nothing is copied.
+
 Bad input (a trainer, plans or configuration that does not exist, a fold without validation, a
 finished fold without the .npz an ensemble needs, folds or cases that differ between the models
 compared, a missing ensemble) is named on one stderr line before any work; exit code 2.
@@ -60,6 +67,7 @@ from nnunet_sss.checks import UsageError
 from nnunet_sss.compare.results import model_identifier
 from nnunet_sss.compare.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
+from .archive import archive as archive_folds
 from .study import (DEFAULT_ARM_FOLDS, DEFAULT_FOLDS, DEFAULT_TRAINERS, Model, Study, check_before_training,
                     results_dataset_folder, run_find_best, train_folds)
 from .study_report import build_report, iterations_per_epoch
@@ -132,6 +140,16 @@ def report(args) -> int:
     return 0
 
 
+def archive(args) -> int:
+    plan = archive_folds(args.dataset, args.output, args.results_dir, args.dry_run)
+    verb = "would copy" if args.dry_run else "copied"
+    print(f"archive {args.output}: {verb} {len(plan.new_folds)} fold(s), {len(plan.kept_folds)} already there, "
+          f"{len(plan.unfinished)} unfinished left out")
+    for what in plan.new_folds:
+        print(f"  {verb}: {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.protocol", description=__doc__.splitlines()[0],
                                      epilog="python -m nnunet_sss.bench.protocol ACTION -h: that action's arguments")
@@ -176,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--results_dir", default=None, help="nnU-Net results folder (default: $nnUNet_results)")
         p.set_defaults(func=func)
+    p = actions.add_parser("archive", help="copy each finished fold's summary, logs and plans into an archive",
+                           description="copy each finished fold's summary, logs and plans into an archive")
+    p.add_argument("-d", dest="dataset", default="4", help="dataset id or name (default: 4)")
+    p.add_argument("-o", dest="output", required=True, help="archive folder (nnU-Net's results layout)")
+    p.add_argument("--results_dir", default=None, help="nnU-Net results folder (default: $nnUNet_results)")
+    p.add_argument("--dry_run", action="store_true", help="say what would be copied, copy nothing")
+    p.set_defaults(func=archive)
     return parser
 
 
