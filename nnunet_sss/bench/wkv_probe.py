@@ -17,11 +17,9 @@ spatial correlation: its spread understates what a real image keeps).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-import numpy as np
 import torch
 
 from nnunet_sss.checks import UsageError
@@ -30,6 +28,7 @@ from nnunet_sss.network.probe import LOCAL_TOKENS, layer_facts
 from nnunet_sss.training.ablations import ABLATIONS
 
 from .network import PLANS
+from .trained import load_fold, preprocessed_cases
 
 
 def _table(title: str, facts) -> str:
@@ -46,34 +45,6 @@ def _table(title: str, facts) -> str:
     return "\n".join(lines)
 
 
-def preprocessed_cases(folder: Path, patch: Sequence[int], n_cases: int) -> torch.Tensor:
-    """(n, C, *patch) centre crops (zero-padded where smaller) of the first n cases in an nnU-Net
-    preprocessed folder; a 2D patch takes each case's middle slice."""
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    if not folder.is_dir():
-        raise UsageError(f"no preprocessed folder {folder}: run nnUNetv2_plan_and_preprocess first")
-    dataset = infer_dataset_class(str(folder))(str(folder))
-    ids = sorted(dataset.identifiers)[:n_cases]
-    if not ids:
-        raise UsageError(f"{folder} holds no preprocessed case")
-    crops = []
-    for case in ids:
-        data = np.asarray(dataset.load_case(case)[0], dtype=np.float32)  # (C, *S)
-        if len(patch) == 2:
-            data = data[:, data.shape[1] // 2]
-        out = np.zeros((data.shape[0], *patch), dtype=np.float32)
-        src, dst = [], []
-        for n, p in zip(data.shape[1:], patch):
-            take = min(n, p)
-            a, b = (n - take) // 2, (p - take) // 2
-            src.append(slice(a, a + take))
-            dst.append(slice(b, b + take))
-        out[(slice(None), *dst)] = data[(slice(None), *src)]
-        crops.append(out)
-    return torch.from_numpy(np.stack(crops))
-
-
 def _input(patch, channels: int, data: Optional[Path], n_cases: int) -> torch.Tensor:
     if data is not None:
         return preprocessed_cases(data, patch, n_cases)
@@ -81,16 +52,22 @@ def _input(patch, channels: int, data: Optional[Path], n_cases: int) -> torch.Te
     return torch.randn((n_cases, channels, *patch), generator=generator)
 
 
+def network_at_init(plan: dict, arm: str):
+    """(options, network): RWKV-SSS from a bench plan with the design defaults ("defaults") or an arm's
+    options (ABLATIONS), from seed 0, as its trainer would build it."""
+    options = {} if arm == "defaults" else dict(ABLATIONS[arm][0])
+    if options.get("merge_equal_windows") or options.get("wkv_decay") == "token":
+        options["patch_size"] = tuple(plan["patch"])  # what the trainer fills in from the configuration
+    torch.manual_seed(0)
+    return options, RWKVSSSUNet(**plan["kwargs"], **options)
+
+
 def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int) -> str:
     plan = PLANS[plan_name]
     x = _input(plan["patch"], plan["kwargs"]["input_channels"], data, n_cases)
     out = []
     for arm in ["defaults", *arms]:
-        options = {} if arm == "defaults" else dict(ABLATIONS[arm][0])
-        if options.get("merge_equal_windows") or options.get("wkv_decay") == "token":
-            options["patch_size"] = tuple(plan["patch"])  # what the trainer fills in from the configuration
-        torch.manual_seed(0)
-        network = RWKVSSSUNet(**plan["kwargs"], **options)
+        options, network = network_at_init(plan, arm)
         out.append(_table(f"{plan_name} at init, {arm} {options or ''} "
                           f"({'preprocessed cases' if data else 'noise'} x{len(x)})", layer_facts(network, x)))
     return "\n".join(out)
@@ -98,32 +75,11 @@ def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int)
 
 def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
     """The facts of a trained fold, its network built as its trainer builds it."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_sss.compare.efficiency import build_trainer_network
-
-    model = fold_folder.parent
-    parts = model.name.split("__")
-    checkpoints = [fold_folder / n for n in ("checkpoint_final.pth", "checkpoint_best.pth")]
-    checkpoint = next((c for c in checkpoints if c.is_file()), None)
-    if len(parts) != 3 or not (model / "plans.json").is_file():
-        raise UsageError(f"{fold_folder} is not a fold folder of an nnU-Net model (TRAINER__PLANS__CONFIGURATION/fold_N)")
-    if checkpoint is None:
-        raise UsageError(f"{fold_folder} has no checkpoint_final.pth or checkpoint_best.pth")
-    trainer_name, _, configuration = parts
-    try:
-        network, (n_inputs, *patch), _ = build_trainer_network(model, trainer_name, configuration)
-    except RuntimeError:  # nnU-Net's lookup found no such trainer
-        raise UsageError(f"trainer {trainer_name} not found among nnU-Net's and nnunet-sss's trainers") from None
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    network.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})
-    if data is None and os.environ.get("nnUNet_preprocessed"):
-        identifier = PlansManager(str(model / "plans.json")).get_configuration(configuration).data_identifier
-        candidate = Path(os.environ["nnUNet_preprocessed"]) / model.parent.name / identifier
-        data = candidate if candidate.is_dir() else None
-    x = _input(patch, n_inputs, data, n_cases)
-    title = f"{model.name} {fold_folder.name} ({checkpoint.name}; {'preprocessed cases' if data else 'noise'} x{len(x)})"
-    return _table(title, layer_facts(network, x))
+    fold = load_fold(fold_folder)
+    data = data if data is not None else fold.data
+    x = _input(fold.patch, fold.input_channels, data, n_cases)
+    title = f"{fold.model} {Path(fold_folder).name} ({fold.checkpoint}; {'preprocessed cases' if data else 'noise'} x{len(x)})"
+    return _table(title, layer_facts(fold.network, x))
 
 
 def main(argv=None) -> int:
