@@ -22,6 +22,7 @@ import filecmp
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Tuple
 
 from nnunet_sss.checks import UsageError, dataset_folder
 from nnunet_sss.compare.results import results_root
@@ -58,10 +59,13 @@ def _plan_files(source: Path, target: Path, names, what: str, plan: ArchivePlan)
     return True
 
 
-def plan_archive(results_dataset: Path, archive_dataset: Path) -> ArchivePlan:
+def plan_archive(results_dataset: Path, archive_dataset: Path, only: Optional[Tuple[str, str]] = None) -> ArchivePlan:
+    """`only`: (model folder name, fold folder name) of the one fold to archive; every fold when None."""
     plan = ArchivePlan()
     for model in sorted(p for p in results_dataset.iterdir() if p.is_dir() and p.name.count("__") == 2):
-        folds = sorted(p for p in model.glob("fold_*") if p.is_dir())
+        if only is not None and model.name != only[0]:
+            continue
+        folds = sorted(p for p in model.glob("fold_*") if p.is_dir() and (only is None or p.name == only[1]))
         finished = [f for f in folds if (f / "validation" / "summary.json").is_file()]
         plan.unfinished += [f"{model.name}/{f.name}" for f in folds if f not in finished]
         if not finished:
@@ -82,13 +86,19 @@ def plan_archive(results_dataset: Path, archive_dataset: Path) -> ArchivePlan:
     return plan
 
 
-def archive(dataset: str, output: str | Path, results_dir: str | None = None, dry_run: bool = False) -> ArchivePlan:
-    """Copy every finished fold's evidence of `dataset` from the results folder into `output`."""
+def archived(archive_dataset: Path, model: str, fold: int | str) -> bool:
+    """Whether the archive holds this fold's validation summary (its evidence is kept: no need to train it)."""
+    return (Path(archive_dataset) / model / f"fold_{fold}" / "validation" / "summary.json").is_file()
+
+
+def archive(dataset: str, output: str | Path, results_dir: str | Path | None = None, dry_run: bool = False,
+            only: Optional[Tuple[str, str]] = None) -> ArchivePlan:
+    """Copy every finished fold's evidence of `dataset` (or `only` that one) from the results folder into `output`."""
     source = dataset_folder(results_root(results_dir), dataset, "the results folder", "train it first")
     plan_target = Path(output) / source.name
     if plan_target.resolve() == source.resolve():
         raise UsageError(f"the archive {plan_target} is the results folder itself")
-    plan = plan_archive(source, plan_target)
+    plan = plan_archive(source, plan_target, only)
     if plan.conflicts:
         raise UsageError("nothing archived; these folds were trained again or differ: " + "; ".join(plan.conflicts))
     if not dry_run:

@@ -1,7 +1,7 @@
 """The CPU-budget accuracy protocol (../shared/protocols/hippocampus-cpu.md): run, tabulate, study.
 
     python -m nnunet_sss.bench.protocol run -d 4 -c 3d_fullres -f 0 \\
-        -tr nnUNetTrainer_cpubudget nnUNetTrainerRWKVSSS_cpubudget [-p nnUNetPlans ...]
+        -tr nnUNetTrainer_cpubudget nnUNetTrainerRWKVSSS_cpubudget [-p nnUNetPlans ...] [--archive DIR]
     python -m nnunet_sss.bench.protocol table -d 4 -c 3d_fullres 2d -f 0 1 \\
         -tr nnUNetTrainer_cpubudget nnUNetTrainerRWKVSSS_cpubudget [-p ...]
     python -m nnunet_sss.bench.protocol study -o REPORT [-d 4] [--rwkv TRAINER[:PLANS]] \\
@@ -14,7 +14,9 @@
 `run` trains each (trainer, plans, configuration, fold) with nnU-Net's own CLI, one after the
 other on the same machine, with the protocol's settings (`-device cpu`, `nnUNet_n_proc_DA=1`,
 `--npz`). A model whose `validation/summary.json` exists is skipped; one with a
-`checkpoint_latest.pth` is continued with `--c`: an interrupted sweep is rerun as is.
+`checkpoint_latest.pth` is continued with `--c`: an interrupted sweep is rerun as is. With
+`--archive DIR` each fold is archived as soon as it finishes, and a fold that DIR holds already
+is skipped too (its evidence is kept; see `archive`).
 `-p` gives one plans identifier per trainer (or one for all).
 
 `table` prints the protocol's score per model as a Markdown table: Dice per class and
@@ -85,9 +87,14 @@ def _fold_dir(args, trainer, plans, configuration, fold) -> Path:
     return results_dataset_folder(args.dataset)[1] / model_identifier(trainer, plans, configuration) / f"fold_{fold}"
 
 
+def _archive_dir(args) -> Path | None:
+    return None if args.archive is None else Path(args.archive)
+
+
 def run(args) -> int:
     trainings = [(Model(t, p, c), f) for t, p, c, f in _specs(args)]
-    return train_folds(args.dataset, results_dataset_folder(args.dataset)[1], trainings)
+    return train_folds(args.dataset, results_dataset_folder(args.dataset)[1], trainings,
+                       archive_dir=_archive_dir(args))
 
 
 def _cell(x, fmt):
@@ -124,13 +131,16 @@ def _study(args) -> Study:
 
 def study(args) -> int:
     spec = _study(args)
+    if args.archive is not None and not args.no_ensembles:
+        raise UsageError(f"--archive {args.archive} with ensembles: a fold taken from the archive has no validation "
+                         ".npz for them; add --no_ensembles, or train every fold into one results folder without --archive")
     _, folder = check_before_training(spec, ensembles=not args.no_ensembles)
-    code = train_folds(args.dataset, folder, spec.trainings(), args.device, args.dry_run)
+    code = train_folds(args.dataset, folder, spec.trainings(), args.device, args.dry_run, _archive_dir(args))
     if code == 0 and not args.no_ensembles:
         code = run_find_best(args.dataset, folder, spec, args.np, args.dry_run)
     if code == 0 and not args.dry_run:
-        build_report(spec, args.output, ensembles=not args.no_ensembles, ops=args.ops, plots=not args.no_plots,
-                     resamples=args.bootstrap, seed=args.seed)
+        build_report(spec, args.output, args.archive, ensembles=not args.no_ensembles, ops=args.ops,
+                     plots=not args.no_plots, resamples=args.bootstrap, seed=args.seed)  # with --archive: from there
     return code
 
 
@@ -150,6 +160,10 @@ def archive(args) -> int:
     return 0
 
 
+ARCHIVE_HELP = ("archive each fold as it finishes into DIR (see `archive`); a fold DIR holds is not trained "
+                "again, so runs spread over sessions go on where the last stopped")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.protocol", description=__doc__.splitlines()[0],
                                      epilog="python -m nnunet_sss.bench.protocol ACTION -h: that action's arguments")
@@ -162,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-f", dest="folds", nargs="+", default=["0"])
         p.add_argument("-tr", dest="trainers", nargs="+", required=True)
         p.add_argument("-p", dest="plans", nargs="+", default=["nnUNetPlans"])
+        if func is run:
+            p.add_argument("--archive", default=None, metavar="DIR", help=ARCHIVE_HELP)
         p.set_defaults(func=func)
     for func, help_text in ((study, "train the whole study (resumably), find_best_configuration, then the report"),
                             (report, "the study's report from a results folder, no training")):
@@ -191,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-device", default="cpu", help="nnUNetv2_train's -device (default: cpu, the protocol's)")
             p.add_argument("-np", type=int, default=None, help="find_best_configuration's processes (default: nnU-Net's)")
             p.add_argument("--dry_run", action="store_true", help="check the inputs, print what would run, run nothing")
+            p.add_argument("--archive", default=None, metavar="DIR", help=ARCHIVE_HELP + " (needs --no_ensembles)")
         else:
             p.add_argument("--results_dir", default=None, help="nnU-Net results folder (default: $nnUNet_results)")
         p.set_defaults(func=func)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nnunet_sss.compare.comparison import ensure_ext_trainer_path
+
+from .archive import archive, archived
 from nnunet_sss.compare.results import (ENSEMBLE_FOLDER, ComparisonInputError, case_name, dataset_name,
                                         folds_string, model_identifier)
 
@@ -309,15 +311,21 @@ def train_command(dataset: str, model: Model, fold: int, device: str, resume: bo
 
 
 def train_folds(dataset: str, folder: Path, trainings: Sequence[tuple[Model, int]], device: str = "cpu",
-                dry_run: bool = False) -> int:
+                dry_run: bool = False, archive_dir: Path | None = None) -> int:
     """nnUNetv2_train for every (model, fold) not finished yet, one after the other; the first
-    failure stops the run (its exit code is returned)."""
+    failure stops the run (its exit code is returned). With `archive_dir` (nnunet_sss/bench/archive.py)
+    a fold the archive holds counts as finished, and each fold is archived as soon as it finishes."""
     env = nnunet_env()
     for model, fold in trainings:
         fold_dir = folder / model.identifier / f"fold_{fold}"
         state = fold_state(fold_dir)
+        if archive_dir is not None and state != "finished" and archived(archive_dir / folder.name, model.identifier, fold):
+            print(f"archived already: {archive_dir / folder.name / model.identifier / f'fold_{fold}'}", flush=True)
+            continue
         if state == "finished":
             print(f"done already: {fold_dir}", flush=True)
+            if archive_dir is not None and not dry_run:
+                archive(dataset, archive_dir, folder.parent, only=(model.identifier, fold_dir.name))
             continue
         command = train_command(dataset, model, fold, device, resume=state == "interrupted")
         if dry_run:
@@ -332,6 +340,9 @@ def train_folds(dataset: str, folder: Path, trainings: Sequence[tuple[Model, int
             print(f"stopped: {shlex.join(command)} exited 0 but wrote no {fold_dir / 'validation' / 'summary.json'}",
                   file=sys.stderr, flush=True)
             return 1
+        if archive_dir is not None:
+            archive(dataset, archive_dir, folder.parent, only=(model.identifier, fold_dir.name))
+            print(f"archived: {archive_dir / folder.name / model.identifier / fold_dir.name}", flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@ them and writes what they would: finished folds are never trained again, interru
 with --c, find_best_configuration runs once per fold set, a finished study reruns nothing."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -170,3 +171,37 @@ def test_arms_train_after_the_references_on_their_own_folds():
     assert list(study.screens()) == [("2d", (0, 1)), ("3d_fullres", (1, 2)), ("2d", (4,))]
     assert Study.from_text("4", BASELINE, CONTROL, RWKV, ["2d=0-4", "3d_fullres=0-2"],
                            [ABLATION], ["2d=0,1"]).as_args()[-2:] == ["--arm", f"{ABLATION}:nnUNetPlans@2d=0,1"]
+
+
+def test_run_with_an_archive_skips_archived_folds_and_archives_each_fold_as_it_finishes(fake, monkeypatch, tmp_path):
+    archive = tmp_path / "evidence"
+    fake.fold(CONTROL, "2d", 0, model_dice(CONTROL, fold_cases(0)))  # finished before: archived when the run meets it
+    nnunet = FakeNnUNet(fake)
+    monkeypatch.setattr(study_module, "_call", nnunet)
+    assert protocol.main(["run", "-c", "2d", "-f", "0", "-tr", CONTROL, RWKV, "--archive", str(archive)]) == 0
+    assert nnunet.trained() == [(RWKV, "2d", 0, False)]
+    dataset = archive / fake.dataset.name
+    assert all((dataset / f"{t}__nnUNetPlans__2d" / "fold_0" / "validation" / "summary.json").is_file()
+               for t in (CONTROL, RWKV))
+    # a later session: a fresh results folder, the archive kept; archived folds are not trained again
+    for child in fake.dataset.iterdir():
+        shutil.rmtree(child)
+    again = FakeNnUNet(fake)
+    monkeypatch.setattr(study_module, "_call", again)
+    assert protocol.main(["run", "-c", "2d", "-f", "0", "1", "-tr", CONTROL, RWKV, "--archive", str(archive)]) == 0
+    assert again.trained() == [(CONTROL, "2d", 1, False), (RWKV, "2d", 1, False)]
+    assert (dataset / f"{RWKV}__nnUNetPlans__2d" / "fold_1" / "debug.json").is_file()
+
+
+def test_a_study_from_an_archive_reports_from_it_and_refuses_ensembles(fake, monkeypatch, tmp_path, capsys):
+    archive = tmp_path / "evidence"
+    monkeypatch.setattr(study_module, "_call", FakeNnUNet(fake))
+    assert _study(fake, "--archive", str(archive)) == 2
+    assert "--no_ensembles" in capsys.readouterr().err
+    assert _study(fake, "--archive", str(archive), "--no_ensembles") == 0
+    for child in fake.dataset.iterdir():  # the models are gone; the report is rebuilt from the archive alone
+        shutil.rmtree(child)
+    monkeypatch.setattr(study_module, "_call", lambda command, env: pytest.fail(f"ran {command}"))
+    (fake.root / "report" / "study.md").unlink()
+    assert _study(fake, "--archive", str(archive), "--no_ensembles") == 0
+    assert (fake.root / "report" / "study.md").is_file()
