@@ -31,10 +31,10 @@ the three reference trainers, nnU-Net (--baseline, default nnUNetTrainer_cpubudg
 optimiser control (--control, nnUNetTrainerAdamWWarmup_cpubudget) and RWKV-SSS (--rwkv,
 nnUNetTrainerRWKVSSS_cpubudget), each TRAINER:PLANS with plans of its own (default nnUNetPlans),
 on the folds of --folds (CONFIGURATION=FOLDS, FOLDS like 0-4 or 0,1,2; default 2d=0-4
-3d_fullres=0-2), fold by fold with all three on a fold before the next; then each --arm (an
+3d_fullres=0-2), fold by fold: all three on a fold, then each --arm placed on that fold (an
 ablation or any other trainer; without :PLANS it takes RWKV-SSS's plans; without @ it is trained
-on --arm_folds, default 2d=0,1, the screen of issue 25), whose folds must be among the
-references' (it is compared with them on its folds). Then nnUNetv2_find_best_configuration:
+on --arm_folds, default 2d=0,1, the screen of issue 25), before the next fold. An arm's folds
+must be among the references' (it is compared with them on its folds). Then nnUNetv2_find_best_configuration:
 each configuration on all its folds where these are more than the folds every configuration
 has, and all configurations on the common folds (with 3d_fullres on 0-2: 2d alone on 0-4, then
 2d + 3d_fullres on 0-2); it pools each model's validation and ensembles every pair from the

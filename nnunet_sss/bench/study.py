@@ -166,10 +166,12 @@ class Study:
             raise ComparisonInputError(problems)
 
     def trainings(self) -> list[tuple[Model, int]]:
-        """Every (model, fold) to train, in order: the references fold by fold (all three on a fold
-        before the next fold), configuration by configuration, then the arms."""
-        out = [(m, f) for c, folds in self.folds.items() for f in folds for m in self.reference_models(c)]
-        out += [(arm.model(c), f) for arm in self.arms for c, folds in arm.folds.items() for f in folds]
+        """Every (model, fold) to train, in order: configuration by configuration, fold by fold, the
+        three references on a fold and then the arms on it, before the next fold. So each fold's
+        comparison is whole, and trained back to back on one machine, before the next begins: a study
+        spread over sessions (--archive) ends each session with whole folds."""
+        out = [(m, f) for c, folds in self.folds.items() for f in folds
+               for m in [*self.reference_models(c), *(arm.model(c) for arm in self.arms if f in arm.folds.get(c, ()))]]
         return list(dict.fromkeys(out))
 
     def screens(self) -> dict:

@@ -158,16 +158,18 @@ def test_trainers_with_plans_of_their_own_go_to_find_best_by_their_model_list():
     assert json.loads(command[-1])["np"] == 2
 
 
-def test_arms_train_after_the_references_on_their_own_folds():
+def test_arms_train_after_the_references_of_each_of_their_folds():
     study = Study.from_text("4", BASELINE, CONTROL, RWKV, ["2d=0-4", "3d_fullres=0-2"],
                             [ABLATION, f"{ABLATION}_other:P@3d_fullres=1,2@2d=4"], ["2d=0,1"])
     trainings = study.trainings()
     assert len(trainings) == 3 * 5 + 3 * 3 + 2 + 3
-    assert trainings[:3] == [(Model(t, "nnUNetPlans", "2d"), 0) for t in (BASELINE, CONTROL, RWKV)]
-    assert trainings[-5:] == [(Model(ABLATION, "nnUNetPlans", "2d"), 0), (Model(ABLATION, "nnUNetPlans", "2d"), 1),
-                              (Model(f"{ABLATION}_other", "P", "3d_fullres"), 1),
-                              (Model(f"{ABLATION}_other", "P", "3d_fullres"), 2),
-                              (Model(f"{ABLATION}_other", "P", "2d"), 4)]
+    refs = [Model(t, "nnUNetPlans", c) for c in ("2d", "3d_fullres") for t in (BASELINE, CONTROL, RWKV)]
+    arm, other = Model(ABLATION, "nnUNetPlans", "2d"), Model(f"{ABLATION}_other", "P", "2d")
+    other3d = Model(f"{ABLATION}_other", "P", "3d_fullres")
+    assert trainings == [*((m, 0) for m in refs[:3]), (arm, 0), *((m, 1) for m in refs[:3]), (arm, 1),
+                         *((m, 2) for m in refs[:3]), *((m, 3) for m in refs[:3]), *((m, 4) for m in refs[:3]),
+                         (other, 4), *((m, 0) for m in refs[3:]), *((m, 1) for m in refs[3:]), (other3d, 1),
+                         *((m, 2) for m in refs[3:]), (other3d, 2)]
     assert list(study.screens()) == [("2d", (0, 1)), ("3d_fullres", (1, 2)), ("2d", (4,))]
     assert Study.from_text("4", BASELINE, CONTROL, RWKV, ["2d=0-4", "3d_fullres=0-2"],
                            [ABLATION], ["2d=0,1"]).as_args()[-2:] == ["--arm", f"{ABLATION}:nnUNetPlans@2d=0,1"]
