@@ -21,8 +21,6 @@ networks alike; that floor is part of what the map shows.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -31,11 +29,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from nnunet_sss.checks import UsageError
-from nnunet_sss.training.ablations import ABLATIONS
-
 from .network import PLANS
-from .trained import load_fold, preprocessed_cases
+from .trained import load_fold, preprocessed_cases, probe_main
 from .wkv_probe import network_at_init
 
 QUANTILES = (0.5, 0.9)
@@ -154,28 +149,16 @@ def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
     return row(f"{fold.model} {Path(fold_folder).name}", reach(fold.network, x, labels, fold.spacing))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.erf", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plans", nargs="*", default=[], choices=sorted(PLANS), help="networks at init, from these plans")
-    parser.add_argument("--arms", nargs="*", default=[], choices=list(ABLATIONS),
-                        help="ablation/candidate arms at init beside PlainConvUNet and the defaults")
-    parser.add_argument("--model", nargs="*", default=[], type=Path, help="trained fold folders (…/fold_0)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="an nnU-Net preprocessed folder of the configuration (images and labels)")
-    parser.add_argument("--cases", type=int, default=8, help="input cases (default 8)")
-    args = parser.parse_args(argv)
-    if not args.plans and not args.model:
-        parser.error("give --plans (networks at init) or --model (trained folds)")
-    if args.cases < 1:
-        parser.error("--cases must be >= 1")
-    try:
-        rows = [r for name in args.plans for r in at_init(name, args.arms, args.data, args.cases)]
-        rows += [trained(folder, args.data, args.cases) for folder in args.model]
-    except UsageError as err:
-        print(f"python -m nnunet_sss.bench.erf: {err}", file=sys.stderr)
-        return 2
+def _run(args) -> None:
+    rows = [r for name in args.plans for r in at_init(name, args.arms, args.data, args.cases)]
+    rows += [trained(folder, args.data, args.cases) for folder in args.model]
     print("\n".join(HEADER + rows))
-    return 0
+
+
+def main(argv=None) -> int:
+    return probe_main("python -m nnunet_sss.bench.erf", __doc__.split("\n\n")[0], _run, argv, default_cases=8,
+                      arms_help="ablation/candidate arms at init beside PlainConvUNet and the defaults",
+                      data_help="an nnU-Net preprocessed folder of the configuration (images and labels)")
 
 
 if __name__ == "__main__":

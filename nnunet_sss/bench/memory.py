@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import tempfile
-from typing import Optional
 from unittest import mock
 
 import torch

@@ -238,7 +238,7 @@ def op_table(name: str, plan: dict, options: dict, top: int = 0) -> dict:
           f"views among them: {base.views} and {ours.views}; "
           f"run inside custom ops: {inside['PlainConvUNet']} and {inside['RWKV-SSS']}", flush=True)
     if top:
-        print(f"\n| op | PlainConvUNet | RWKV-SSS |\n|---|---|---|")
+        print("\n| op | PlainConvUNet | RWKV-SSS |\n|---|---|---|")
         for op, n in ours.by_op.most_common(top):
             print(f"| {op} | {base.by_op[op]} | {n} |")
         rest = ours.total - sum(n for _, n in ours.by_op.most_common(top))

@@ -1,11 +1,13 @@
-"""A trained fold's network as its trainer builds it, and preprocessed cases cropped to its patch:
-what the probes of trained models (wkv_probe, erf) read."""
+"""A trained fold's network as its trainer builds it, preprocessed cases cropped to its patch, and the
+command line the probes share (wkv_probe, erf): networks at init from the bench's plans, or trained folds."""
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -93,3 +95,30 @@ def load_fold(fold_folder: Path) -> TrainedFold:
         data = candidate if candidate.is_dir() else None
     return TrainedFold(network.eval(), model.name, configuration, tuple(patch), n_inputs,
                        tuple(float(s) for s in plans_configuration.spacing), checkpoint.name, data)
+
+
+def probe_main(prog: str, description: str, run: Callable[[argparse.Namespace], None], argv=None, *,
+               default_cases: int, arms_help: str, data_help: str) -> int:
+    """Parse a probe's arguments (--plans/--arms at init, --model trained folds, --data, --cases) and
+    run it; a UsageError is one stderr line and exit code 2."""
+    from nnunet_sss.training.ablations import ABLATIONS
+
+    from .network import PLANS
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--plans", nargs="*", default=[], choices=sorted(PLANS), help="networks at init, from these plans")
+    parser.add_argument("--arms", nargs="*", default=[], choices=list(ABLATIONS), help=arms_help)
+    parser.add_argument("--model", nargs="*", default=[], type=Path, help="trained fold folders (…/fold_0)")
+    parser.add_argument("--data", type=Path, default=None, help=data_help)
+    parser.add_argument("--cases", type=int, default=default_cases, help=f"input cases (default {default_cases})")
+    args = parser.parse_args(argv)
+    if not args.plans and not args.model:
+        parser.error("give --plans (networks at init) or --model (trained folds)")
+    if args.cases < 1:
+        parser.error("--cases must be >= 1")
+    try:
+        run(args)
+    except UsageError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    return 0

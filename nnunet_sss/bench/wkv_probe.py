@@ -16,19 +16,17 @@ spatial correlation: its spread understates what a real image keeps).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-from nnunet_sss.checks import UsageError
 from nnunet_sss.network import RWKVSSSUNet
 from nnunet_sss.network.probe import LOCAL_TOKENS, layer_facts
 from nnunet_sss.training.ablations import ABLATIONS
 
 from .network import PLANS
-from .trained import load_fold, preprocessed_cases
+from .trained import load_fold, preprocessed_cases, probe_main
 
 
 def _table(title: str, facts) -> str:
@@ -82,28 +80,17 @@ def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
     return _table(title, layer_facts(fold.network, x))
 
 
+def _run(args) -> None:
+    for name in args.plans:
+        print(at_init(name, args.arms, args.data, args.cases))
+    for folder in args.model:
+        print(trained(folder, args.data, args.cases))
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnunet_sss.bench.wkv_probe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plans", nargs="*", default=[], choices=sorted(PLANS), help="networks at init, from these plans")
-    parser.add_argument("--arms", nargs="*", default=[], choices=list(ABLATIONS),
-                        help="ablation/candidate arms to probe at init beside the defaults")
-    parser.add_argument("--model", nargs="*", default=[], type=Path, help="trained fold folders (…/fold_0)")
-    parser.add_argument("--data", type=Path, default=None, help="an nnU-Net preprocessed folder of the configuration")
-    parser.add_argument("--cases", type=int, default=4, help="input cases (default 4)")
-    args = parser.parse_args(argv)
-    if not args.plans and not args.model:
-        parser.error("give --plans (networks at init) or --model (trained folds)")
-    if args.cases < 1:
-        parser.error("--cases must be >= 1")
-    try:
-        for name in args.plans:
-            print(at_init(name, args.arms, args.data, args.cases))
-        for folder in args.model:
-            print(trained(folder, args.data, args.cases))
-    except UsageError as err:
-        print(f"python -m nnunet_sss.bench.wkv_probe: {err}", file=__import__("sys").stderr)
-        return 2
-    return 0
+    return probe_main("python -m nnunet_sss.bench.wkv_probe", __doc__.split("\n\n")[0], _run, argv, default_cases=4,
+                      arms_help="ablation/candidate arms to probe at init beside the defaults",
+                      data_help="an nnU-Net preprocessed folder of the configuration")
 
 
 if __name__ == "__main__":
