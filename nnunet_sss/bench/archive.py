@@ -6,11 +6,15 @@ Trainings take hours and a CPU session holds a few of them, so a five-fold study
 several sessions. What the report and `nnunet-sss compare` read of a trained model is small:
 per model folder `plans.json` and `dataset.json` (the network is rebuilt from them for its
 cost), per finished fold (its `validation/summary.json` exists) that summary, `debug.json` and
-the `training_log_*.txt` files, a few hundred kB. No checkpoint, prediction or image is copied.
+the `training_log_*.txt` files, a few hundred kB; per ensemble that nnU-Net scored
+(ensembles/ensemble___A___B___FOLDS) its summary.json and dataset.json. No checkpoint, prediction
+or image is copied.
 ARCHIVE keeps nnU-Net's layout (ARCHIVE/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION/fold_F/...),
 so `protocol report --results_dir ARCHIVE --no_ensembles` and `nnunet-sss compare --results_dir
-ARCHIVE --no_ensembles` read it as they read nnUNet_results. Ensembles and
-find_best_configuration need the validation .npz files, which stay behind.
+ARCHIVE --no_ensembles` read it as they read nnUNet_results. Making an ensemble needs the
+validation .npz files, which stay behind: so `protocol study --archive` ensembles each fold
+right after its trainings (find_best_configuration on that fold), and the report pools those
+per-fold ensembles case by case (nnunet_sss/compare/results.py, find_ensembles).
 
 Nothing in ARCHIVE is ever overwritten: a fold already there with the same bytes is left as it
 is; one whose files differ (the fold was trained again) is a conflict, named, and then nothing at
@@ -25,11 +29,12 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from nnunet_sss.checks import UsageError, dataset_folder
-from nnunet_sss.compare.results import results_root
+from nnunet_sss.compare.results import ENSEMBLE_FOLDER, results_root
 
 MODEL_FILES = ("plans.json", "dataset.json")
 FOLD_FILES = ("validation/summary.json", "debug.json")
 FOLD_PATTERNS = ("training_log_*.txt",)
+ENSEMBLE_FILES = ("summary.json", "dataset.json")
 
 
 def fold_files(fold_dir: Path) -> list[str]:
@@ -59,8 +64,16 @@ def _plan_files(source: Path, target: Path, names, what: str, plan: ArchivePlan)
     return True
 
 
+def _plan_unit(source: Path, target: Path, names, what: str, plan: ArchivePlan) -> None:
+    """Queue one fold's (or ensemble's) files: new, kept (all there, same bytes) or a conflict."""
+    queued = len(plan.copies)
+    if _plan_files(source, target, names, what, plan):
+        (plan.new_folds if len(plan.copies) > queued else plan.kept_folds).append(what)
+
+
 def plan_archive(results_dataset: Path, archive_dataset: Path, only: Optional[Tuple[str, str]] = None) -> ArchivePlan:
-    """`only`: (model folder name, fold folder name) of the one fold to archive; every fold when None."""
+    """`only`: (model folder name, fold folder name) of the one fold to archive, or ("ensembles", name) of
+    one ensemble; every fold and ensemble when None."""
     plan = ArchivePlan()
     for model in sorted(p for p in results_dataset.iterdir() if p.is_dir() and p.name.count("__") == 2):
         if only is not None and model.name != only[0]:
@@ -80,9 +93,14 @@ def plan_archive(results_dataset: Path, archive_dataset: Path, only: Optional[Tu
             if extra:
                 plan.conflicts.append(f"{what}: the archive holds logs this fold has not ({', '.join(extra)})")
             else:
-                queued = len(plan.copies)
-                if _plan_files(fold, target, names, what, plan):
-                    (plan.new_folds if len(plan.copies) > queued else plan.kept_folds).append(what)
+                _plan_unit(fold, target, names, what, plan)
+    ensembles = results_dataset / ENSEMBLE_FOLDER
+    if (only is None or only[0] == ENSEMBLE_FOLDER) and ensembles.is_dir():
+        for ensemble in sorted(p for p in ensembles.iterdir() if (p / "summary.json").is_file()):
+            if only is None or ensemble.name == only[1]:
+                _plan_unit(ensemble, archive_dataset / ENSEMBLE_FOLDER / ensemble.name,
+                           [n for n in ENSEMBLE_FILES if (ensemble / n).is_file()],
+                           f"{ENSEMBLE_FOLDER}/{ensemble.name}", plan)
     return plan
 
 

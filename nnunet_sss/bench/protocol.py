@@ -71,7 +71,7 @@ from nnunet_sss.compare.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 from .archive import archive as archive_folds
 from .study import (DEFAULT_ARM_FOLDS, DEFAULT_FOLDS, DEFAULT_TRAINERS, Model, Study, check_before_training,
-                    results_dataset_folder, run_find_best, train_folds)
+                    fold_ensembles, results_dataset_folder, run_find_best, train_folds)
 from .study_report import build_report, iterations_per_epoch
 
 
@@ -131,12 +131,15 @@ def _study(args) -> Study:
 
 def study(args) -> int:
     spec = _study(args)
-    if args.archive is not None and not args.no_ensembles:
-        raise UsageError(f"--archive {args.archive} with ensembles: a fold taken from the archive has no validation "
-                         ".npz for them; add --no_ensembles, or train every fold into one results folder without --archive")
-    _, folder = check_before_training(spec, ensembles=not args.no_ensembles)
-    code = train_folds(args.dataset, folder, spec.trainings(), args.device, args.dry_run, _archive_dir(args))
-    if code == 0 and not args.no_ensembles:
+    archive_dir = _archive_dir(args)
+    _, folder = check_before_training(spec, ensembles=not args.no_ensembles and archive_dir is None)
+    per_fold = archive_dir is not None and not args.no_ensembles  # ensembled fold by fold, as each fold is whole
+
+    def ensemble_fold(model, fold):
+        return fold_ensembles(args.dataset, folder, spec, model.configuration, fold, archive_dir, args.np, args.dry_run)
+    code = train_folds(args.dataset, folder, spec.trainings(), args.device, args.dry_run, archive_dir,
+                       ensemble_fold if per_fold else None)
+    if code == 0 and not args.no_ensembles and archive_dir is None:
         code = run_find_best(args.dataset, folder, spec, args.np, args.dry_run)
     if code == 0 and not args.dry_run:
         build_report(spec, args.output, args.archive, ensembles=not args.no_ensembles, ops=args.ops,
@@ -207,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-device", default="cpu", help="nnUNetv2_train's -device (default: cpu, the protocol's)")
             p.add_argument("-np", type=int, default=None, help="find_best_configuration's processes (default: nnU-Net's)")
             p.add_argument("--dry_run", action="store_true", help="check the inputs, print what would run, run nothing")
-            p.add_argument("--archive", default=None, metavar="DIR", help=ARCHIVE_HELP + " (needs --no_ensembles)")
+            p.add_argument("--archive", default=None, metavar="DIR",
+                           help=ARCHIVE_HELP + "; ensembles are then made fold by fold, and the report reads DIR")
         else:
             p.add_argument("--results_dir", default=None, help="nnU-Net results folder (default: $nnUNet_results)")
         p.set_defaults(func=func)

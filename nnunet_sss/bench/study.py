@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from nnunet_sss.compare.comparison import ensure_ext_trainer_path
-
-from .archive import archive, archived
 from nnunet_sss.compare.results import (ENSEMBLE_FOLDER, ComparisonInputError, case_name, dataset_name,
                                         folds_string, model_identifier)
+
+from .archive import archive, archived
 
 ROLES = ("baseline", "control", "rwkv")
 ROLE_NAMES = {"baseline": "nnU-Net", "control": "optimiser control", "rwkv": "RWKV-SSS"}
@@ -313,38 +313,51 @@ def train_command(dataset: str, model: Model, fold: int, device: str, resume: bo
 
 
 def train_folds(dataset: str, folder: Path, trainings: Sequence[tuple[Model, int]], device: str = "cpu",
-                dry_run: bool = False, archive_dir: Path | None = None) -> int:
+                dry_run: bool = False, archive_dir: Path | None = None,
+                after_fold: Callable[[Model, int], int] | None = None) -> int:
     """nnUNetv2_train for every (model, fold) not finished yet, one after the other; the first
     failure stops the run (its exit code is returned). With `archive_dir` (nnunet_sss/bench/archive.py)
-    a fold the archive holds counts as finished, and each fold is archived as soon as it finishes."""
+    a fold the archive holds counts as finished, and each fold is archived as soon as it finishes.
+    `after_fold(model, fold)` runs after each of them (a non-zero return stops the run)."""
     env = nnunet_env()
     for model, fold in trainings:
-        fold_dir = folder / model.identifier / f"fold_{fold}"
-        state = fold_state(fold_dir)
-        if archive_dir is not None and state != "finished" and archived(archive_dir / folder.name, model.identifier, fold):
-            print(f"archived already: {archive_dir / folder.name / model.identifier / f'fold_{fold}'}", flush=True)
-            continue
-        if state == "finished":
-            print(f"done already: {fold_dir}", flush=True)
-            if archive_dir is not None and not dry_run:
-                archive(dataset, archive_dir, folder.parent, only=(model.identifier, fold_dir.name))
-            continue
-        command = train_command(dataset, model, fold, device, resume=state == "interrupted")
-        if dry_run:
-            print(f"would run ({state}): {shlex.join(command)}", flush=True)
-            continue
-        code = _call(command, env)
+        code = _train_fold(dataset, folder, model, fold, device, dry_run, archive_dir, env)
+        if code == 0 and after_fold is not None:
+            code = after_fold(model, fold)
         if code != 0:
-            print(f"stopped: {shlex.join(command)} exited {code}; rerun the same command to continue "
-                  "(finished folds are kept)", file=sys.stderr, flush=True)
             return code
-        if fold_state(fold_dir) != "finished":
-            print(f"stopped: {shlex.join(command)} exited 0 but wrote no {fold_dir / 'validation' / 'summary.json'}",
-                  file=sys.stderr, flush=True)
-            return 1
-        if archive_dir is not None:
+    return 0
+
+
+def _train_fold(dataset: str, folder: Path, model: Model, fold: int, device: str, dry_run: bool,
+                archive_dir: Path | None, env: dict) -> int:
+    """One (model, fold) of train_folds: skipped if finished (or archived), else trained or continued."""
+    fold_dir = folder / model.identifier / f"fold_{fold}"
+    state = fold_state(fold_dir)
+    if archive_dir is not None and state != "finished" and archived(archive_dir / folder.name, model.identifier, fold):
+        print(f"archived already: {archive_dir / folder.name / model.identifier / f'fold_{fold}'}", flush=True)
+        return 0
+    if state == "finished":
+        print(f"done already: {fold_dir}", flush=True)
+        if archive_dir is not None and not dry_run:
             archive(dataset, archive_dir, folder.parent, only=(model.identifier, fold_dir.name))
-            print(f"archived: {archive_dir / folder.name / model.identifier / fold_dir.name}", flush=True)
+        return 0
+    command = train_command(dataset, model, fold, device, resume=state == "interrupted")
+    if dry_run:
+        print(f"would run ({state}): {shlex.join(command)}", flush=True)
+        return 0
+    code = _call(command, env)
+    if code != 0:
+        print(f"stopped: {shlex.join(command)} exited {code}; rerun the same command to continue "
+              "(finished folds are kept)", file=sys.stderr, flush=True)
+        return code
+    if fold_state(fold_dir) != "finished":
+        print(f"stopped: {shlex.join(command)} exited 0 but wrote no {fold_dir / 'validation' / 'summary.json'}",
+              file=sys.stderr, flush=True)
+        return 1
+    if archive_dir is not None:
+        archive(dataset, archive_dir, folder.parent, only=(model.identifier, fold_dir.name))
+        print(f"archived: {archive_dir / folder.name / model.identifier / fold_dir.name}", flush=True)
     return 0
 
 
@@ -407,6 +420,43 @@ def find_best_is_fresh(folder: Path, models: Sequence[Model], folds: Sequence[in
     inputs = [folder / m.identifier / f"fold_{f}" / "validation" / "summary.json" for m in models for f in folds]
     return min(p.stat().st_mtime for p in outputs) >= max((p.stat().st_mtime for p in inputs if p.is_file()),
                                                             default=0.0)
+
+
+def fold_ensembles(dataset: str, folder: Path, study: Study, configuration: str, fold: int, archive_dir: Path,
+                   num_processes: int | None = None, dry_run: bool = False) -> int:
+    """A study spread over sessions (--archive) cannot ensemble folds trained in other sessions (their .npz
+    are gone), so each fold is ensembled as soon as its three references are finished here:
+    find_best_configuration on that fold alone, its ensembles then archived. Skipped where the archive
+    holds them already; named (the study goes on) where a reference's fold came from the archive."""
+    refs = study.reference_models(configuration)
+    pairs = list(combinations(refs, 2))
+    if all((ensemble_folder(archive_dir / folder.name, a, b, (fold,)) / "summary.json").is_file() for a, b in pairs):
+        return 0
+    states = {m: fold_state(folder / m.identifier / f"fold_{fold}") for m in refs}
+    if any(state != "finished" for state in states.values()):
+        gone = [m.identifier for m, state in states.items()
+                if state != "finished" and archived(archive_dir / folder.name, m.identifier, fold)]
+        if gone:
+            print(f"note: {configuration} fold {fold} cannot be ensembled: {', '.join(gone)} was trained in an "
+                  "earlier session (archived, its validation .npz gone)", file=sys.stderr, flush=True)
+        return 0
+    problems = [p for m in refs for p in [_npz_problem(folder, m, fold)] if p]
+    if problems:
+        print(f"note: {configuration} fold {fold} cannot be ensembled: {'; '.join(problems)}", file=sys.stderr,
+              flush=True)
+        return 0
+    command = find_best_command(dataset, refs, (fold,), num_processes)
+    if dry_run:
+        print(f"would run: {shlex.join(command)}", flush=True)
+        return 0
+    code = _call(command, nnunet_env())
+    if code != 0:
+        print(f"stopped: nnUNetv2_find_best_configuration exited {code}", file=sys.stderr, flush=True)
+        return code
+    for a, b in pairs:
+        archive(dataset, archive_dir, folder.parent, only=(ENSEMBLE_FOLDER, ensemble_folder(folder, a, b, (fold,)).name))
+    print(f"archived: the ensembles of {configuration} fold {fold}", flush=True)
+    return 0
 
 
 def run_find_best(dataset: str, folder: Path, study: Study, num_processes: int | None = None,

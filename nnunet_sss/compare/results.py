@@ -203,35 +203,63 @@ def load_model(root: Path, dataset: str, trainer: str, plans: str, configuration
     return entry
 
 
+def _ensemble_folders(folder: Path, wanted: set) -> dict:
+    """(members, fold text) -> ensemble folder, for find_best_configuration's ensembles of `wanted` models."""
+    out = {}
+    if not folder.is_dir():
+        return out
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        parts = sub.name.split("___")
+        if len(parts) >= 4 and parts[0] == "ensemble" and set(parts[1:-1]) <= wanted:
+            out[(tuple(parts[1:-1]), parts[-1])] = sub
+    return out
+
+
 def find_ensembles(root: Path, dataset: str, identifiers: Iterable[str], folds: Sequence[int | str],
                    problems: list[str]) -> tuple[list[Entry], list[str]]:
-    """Ensembles of the given models over exactly these folds (as find_best_configuration names them).
+    """Ensembles of the given models over exactly these folds (as find_best_configuration names them);
+    where there is none over all of them but one per fold (find_best_configuration run fold by fold, as
+    `protocol study --archive` does), those are pooled case by case: the same per-case predictions,
+    since an ensemble averages each case's probabilities from its own fold's models.
 
     Returns (entries, notes); an ensemble folder without summary.json is skipped with a note.
     """
-    wanted = set(identifiers)
-    folder = root / dataset / ENSEMBLE_FOLDER
+    found = _ensemble_folders(root / dataset / ENSEMBLE_FOLDER, set(identifiers))
     entries, notes = [], []
-    if not folder.is_dir():
-        return entries, notes
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        parts = sub.name.split("___")
-        if len(parts) < 4 or parts[0] != "ensemble":
+    whole = folds_string(folds)
+    member_sets = list(dict.fromkeys(m for m, _ in found))
+    for members in member_sets:
+        if any(frozenset(members) == frozenset(e) for e in member_sets[:member_sets.index(members)]):
+            continue  # the same ensemble named in the other member order
+        same = [m for m in member_sets if frozenset(m) == frozenset(members)]
+        exact = next((found[(m, whole)] for m in same if (m, whole) in found), None)
+        per_fold = {f: next((found[(m, str(f))] for m in same if (m, str(f)) in found), None) for f in folds}
+        if exact is not None:
+            subs = [exact]
+        elif len(folds) > 1 and all(per_fold.values()):
+            subs = list(per_fold.values())
+        else:
             continue
-        members, fold_text = parts[1:-1], parts[-1]
-        if fold_text != folds_string(folds) or not set(members) <= wanted:
+        missing = [sub for sub in subs if not (sub / "summary.json").is_file()]
+        if missing:
+            notes.append(f"ensemble {missing[0].name} skipped: no summary.json in {missing[0]}")
             continue
-        summary = sub / "summary.json"
-        if not summary.is_file():
-            notes.append(f"ensemble {sub.name} skipped: no summary.json in {sub}")
-            continue
-        loaded = read_summary(summary, _file_ending(sub), problems)
-        if loaded is None:
-            continue
-        per_case, means = loaded
-        entries.append(Entry(name="ensemble(" + " + ".join(members) + ")", kind="ensemble", folder=sub,
-                             source=str(summary.relative_to(root)), per_case=per_case,
-                             nnunet_summary={**means, "file": str(summary)}))
+        entry = Entry(name="ensemble(" + " + ".join(members) + ")", kind="ensemble", folder=subs[0],
+                      source=", ".join(str((sub / "summary.json").relative_to(root)) for sub in subs))
+        for sub in subs:
+            loaded = read_summary(sub / "summary.json", _file_ending(sub), problems)
+            if loaded is None:
+                break
+            per_case, means = loaded
+            duplicated = sorted(set(per_case) & set(entry.per_case))
+            if duplicated:
+                problems.append(f"ensemble {sub.name}: case {duplicated[0]} is in another fold's ensemble too")
+                break
+            entry.per_case.update(per_case)
+            if len(subs) == 1:
+                entry.nnunet_summary = {**means, "file": str(sub / "summary.json")}
+        else:
+            entries.append(entry)
     return entries, notes
 
 

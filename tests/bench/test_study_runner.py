@@ -186,8 +186,7 @@ def test_run_with_an_archive_skips_archived_folds_and_archives_each_fold_as_it_f
     assert all((dataset / f"{t}__nnUNetPlans__2d" / "fold_0" / "validation" / "summary.json").is_file()
                for t in (CONTROL, RWKV))
     # a later session: a fresh results folder, the archive kept; archived folds are not trained again
-    for child in fake.dataset.iterdir():
-        shutil.rmtree(child)
+    shutil.rmtree(fake.dataset)
     again = FakeNnUNet(fake)
     monkeypatch.setattr(study_module, "_call", again)
     assert protocol.main(["run", "-c", "2d", "-f", "0", "1", "-tr", CONTROL, RWKV, "--archive", str(archive)]) == 0
@@ -195,15 +194,39 @@ def test_run_with_an_archive_skips_archived_folds_and_archives_each_fold_as_it_f
     assert (dataset / f"{RWKV}__nnUNetPlans__2d" / "fold_1" / "debug.json").is_file()
 
 
-def test_a_study_from_an_archive_reports_from_it_and_refuses_ensembles(fake, monkeypatch, tmp_path, capsys):
+def test_a_study_with_an_archive_ensembles_each_fold_when_whole_and_reports_from_the_archive(fake, monkeypatch,
+                                                                                              tmp_path, capsys):
     archive = tmp_path / "evidence"
-    monkeypatch.setattr(study_module, "_call", FakeNnUNet(fake))
-    assert _study(fake, "--archive", str(archive)) == 2
-    assert "--no_ensembles" in capsys.readouterr().err
-    assert _study(fake, "--archive", str(archive), "--no_ensembles") == 0
-    for child in fake.dataset.iterdir():  # the models are gone; the report is rebuilt from the archive alone
-        shutil.rmtree(child)
+    nnunet = FakeNnUNet(fake)
+    monkeypatch.setattr(study_module, "_call", nnunet)
+    assert _study(fake, "--archive", str(archive)) == 0
+    steps = ["train" if c[0] == "nnUNetv2_train" else find_best_models(c)[1] for c in nnunet.commands]
+    assert steps == ["train"] * 3 + [(0,)] + ["train"] * 3 + [(1,)]  # each fold ensembled once its three are done
+    ensembles = archive / fake.dataset.name / "ensembles"
+    assert [len(list(ensembles.glob(f"ensemble___*___{f}"))) for f in (0, 1)] == [3, 3]
+    built = json.loads((fake.root / "report" / "study.json").read_text())
+    paired = built["sections"][0]["group"]["paired"]
+    ensemble = f"ensemble({BASELINE} + {RWKV})"
+    gain = next(p for p in paired if p["a"] == RWKV and p["b"] == ensemble and p["class"] == "foreground_mean"
+                and p["metric"] == "Dice")
+    assert gain["n"] == 104 and gain["mean_difference"] == pytest.approx(0.01, abs=1e-12)  # both folds, pooled
+    assert any("fold by fold" in note for note in built["notes"])
+    # a later session: the models are gone, the archive kept; nothing is trained again, the report is rebuilt
+    shutil.rmtree(fake.dataset)
     monkeypatch.setattr(study_module, "_call", lambda command, env: pytest.fail(f"ran {command}"))
     (fake.root / "report" / "study.md").unlink()
-    assert _study(fake, "--archive", str(archive), "--no_ensembles") == 0
+    assert _study(fake, "--archive", str(archive)) == 0
     assert (fake.root / "report" / "study.md").is_file()
+
+
+def test_a_fold_whose_reference_came_from_the_archive_is_named_not_ensembled(fake, monkeypatch, tmp_path, capsys):
+    archive = tmp_path / "evidence"
+    monkeypatch.setattr(study_module, "_call", FakeNnUNet(fake))
+    assert protocol.main(["run", "-c", "2d", "-f", "0", "-tr", BASELINE, "--archive", str(archive)]) == 0
+    shutil.rmtree(fake.dataset / f"{BASELINE}__nnUNetPlans__2d")  # the next session: nnU-Net's fold 0 is archived only
+    nnunet = FakeNnUNet(fake)
+    monkeypatch.setattr(study_module, "_call", nnunet)
+    assert _study(fake, "--archive", str(archive), "--folds", "2d=0") == 2  # the report lacks fold 0's ensembles
+    err = capsys.readouterr().err
+    assert f"2d fold 0 cannot be ensembled: {BASELINE}__nnUNetPlans__2d was trained in an earlier session" in err
+    assert "no ensemble of" in err and [c[0] for c in nnunet.commands] == ["nnUNetv2_train"] * 2
