@@ -121,9 +121,9 @@ def row(name: str, r: dict) -> str:
     return f"| {name} | {r['cases']} | {mm(r['r50'])} | {mm(r['r90'])} | {mm(r['object_r90'])} | {ratio} | {beyond} |"
 
 
-def _inputs(patch, channels: int, data: Optional[Path], n_cases: int):
+def _inputs(patch, channels: int, data: Optional[Path], n_cases: int, cases: Optional[Sequence[str]] = None):
     if data is not None:
-        x, labels = preprocessed_cases(data, patch, n_cases, with_labels=True)
+        x, labels = preprocessed_cases(data, patch, n_cases, with_labels=True, cases=cases)
         return x, labels
     return torch.randn((n_cases, channels, *patch), generator=torch.Generator().manual_seed(0)), None
 
@@ -144,8 +144,9 @@ def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int)
 
 def trained(fold_folder: Path, data: Optional[Path], n_cases: int) -> str:
     fold = load_fold(fold_folder)
+    cases = fold.validation if data is None else None  # the fold's own validation cases, unseen in its training
     data = data if data is not None else fold.data
-    x, labels = _inputs(fold.patch, fold.input_channels, data, n_cases)
+    x, labels = _inputs(fold.patch, fold.input_channels, data, n_cases, cases)
     return row(f"{fold.model} {Path(fold_folder).name}", reach(fold.network, x, labels, fold.spacing))
 
 

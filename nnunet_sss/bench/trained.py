@@ -3,6 +3,7 @@ command line the probes share (wkv_probe, erf): networks at init from the bench'
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class TrainedFold:
     spacing: Tuple[float, ...]
     checkpoint: str       # the checkpoint's file name
     data: Optional[Path]  # the configuration's preprocessed folder, where nnUNet_preprocessed holds it
+    validation: Optional[Tuple[str, ...]] = None  # the fold's validation cases (splits_final.json), where known
 
 
 def load_fold(fold_folder: Path) -> TrainedFold:
@@ -89,12 +91,22 @@ def load_fold(fold_folder: Path) -> TrainedFold:
     weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
     network.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in weights.items()})
     plans_configuration = PlansManager(str(model / "plans.json")).get_configuration(configuration)
-    data = None
+    data, validation = None, None
     if os.environ.get("nnUNet_preprocessed"):
-        candidate = Path(os.environ["nnUNet_preprocessed"]) / model.parent.name / plans_configuration.data_identifier
+        preprocessed = Path(os.environ["nnUNet_preprocessed"]) / model.parent.name
+        candidate = preprocessed / plans_configuration.data_identifier
         data = candidate if candidate.is_dir() else None
+        validation = _validation_cases(preprocessed / "splits_final.json", fold_folder.name)
     return TrainedFold(network.eval(), model.name, configuration, tuple(patch), n_inputs,
-                       tuple(float(s) for s in plans_configuration.spacing), checkpoint.name, data)
+                       tuple(float(s) for s in plans_configuration.spacing), checkpoint.name, data, validation)
+
+
+def _validation_cases(splits_file: Path, fold_name: str) -> Optional[Tuple[str, ...]]:
+    fold = fold_name.removeprefix("fold_")
+    if not splits_file.is_file() or not fold.isdigit():
+        return None
+    splits = json.loads(splits_file.read_text())
+    return tuple(sorted(splits[int(fold)]["val"])) if int(fold) < len(splits) else None
 
 
 def probe_main(prog: str, description: str, run: Callable[[argparse.Namespace], None], argv=None, *,
