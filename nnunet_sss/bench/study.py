@@ -425,27 +425,35 @@ def find_best_is_fresh(folder: Path, models: Sequence[Model], folds: Sequence[in
 def fold_ensembles(dataset: str, folder: Path, study: Study, configuration: str, fold: int, archive_dir: Path,
                    num_processes: int | None = None, dry_run: bool = False) -> int:
     """A study spread over sessions (--archive) cannot ensemble folds trained in other sessions (their .npz
-    are gone), so each fold is ensembled as soon as its three references are finished here:
-    find_best_configuration on that fold alone, its ensembles then archived. Skipped where the archive
-    holds them already; named (the study goes on) where a reference's fold came from the archive."""
+    are gone), so each fold is ensembled as soon as its references are finished here:
+    find_best_configuration on that fold alone, its ensembles then archived. RWKV-SSS and nnU-Net, whose
+    ensemble the report needs, must both be here; the control joins where it is (its fold may come from
+    the archive). Skipped where the archive holds that fold's ensemble of RWKV-SSS and nnU-Net already;
+    named (the study goes on) where one of the two came from the archive."""
     refs = study.reference_models(configuration)
-    pairs = list(combinations(refs, 2))
-    if all((ensemble_folder(archive_dir / folder.name, a, b, (fold,)) / "summary.json").is_file() for a, b in pairs):
+    baseline, _, rwkv = refs
+    archive_dataset = archive_dir / folder.name
+    if (ensemble_folder(archive_dataset, rwkv, baseline, (fold,)) / "summary.json").is_file():
         return 0
-    states = {m: fold_state(folder / m.identifier / f"fold_{fold}") for m in refs}
-    if any(state != "finished" for state in states.values()):
-        gone = [m.identifier for m, state in states.items()
-                if state != "finished" and archived(archive_dir / folder.name, m.identifier, fold)]
+    here = [m for m in refs if fold_state(folder / m.identifier / f"fold_{fold}") == "finished"]
+    elsewhere = [m for m in refs if m not in here and archived(archive_dataset, m.identifier, fold)]
+    if rwkv not in here or baseline not in here:
+        gone = [m.identifier for m in (baseline, rwkv) if m in elsewhere]
         if gone:
             print(f"note: {configuration} fold {fold} cannot be ensembled: {', '.join(gone)} was trained in an "
                   "earlier session (archived, its validation .npz gone)", file=sys.stderr, flush=True)
         return 0
-    problems = [p for m in refs for p in [_npz_problem(folder, m, fold)] if p]
+    if len(here) + len(elsewhere) < len(refs):
+        return 0  # the control is still to come
+    problems = [p for m in here for p in [_npz_problem(folder, m, fold)] if p]
     if problems:
         print(f"note: {configuration} fold {fold} cannot be ensembled: {'; '.join(problems)}", file=sys.stderr,
               flush=True)
         return 0
-    command = find_best_command(dataset, refs, (fold,), num_processes)
+    if elsewhere:
+        print(f"note: {configuration} fold {fold}: {elsewhere[0].identifier} came from the archive; its ensembles "
+              "are left out", file=sys.stderr, flush=True)
+    command = find_best_command(dataset, here, (fold,), num_processes)
     if dry_run:
         print(f"would run: {shlex.join(command)}", flush=True)
         return 0
@@ -453,7 +461,7 @@ def fold_ensembles(dataset: str, folder: Path, study: Study, configuration: str,
     if code != 0:
         print(f"stopped: nnUNetv2_find_best_configuration exited {code}", file=sys.stderr, flush=True)
         return code
-    for a, b in pairs:
+    for a, b in combinations(here, 2):
         archive(dataset, archive_dir, folder.parent, only=(ENSEMBLE_FOLDER, ensemble_folder(folder, a, b, (fold,)).name))
     print(f"archived: the ensembles of {configuration} fold {fold}", flush=True)
     return 0

@@ -128,12 +128,11 @@ def _find_best(folder: Path, study: Study, problems: list[str], notes: list[str]
     rows += [{"name": f"ensemble({a.identifier} + {b.identifier})", "kind": "ensemble",
               "file": ensemble_folder(folder, a, b, folds) / "summary.json"} for a, b in combinations(models, 2)]
     missing = [r["file"] for r in rows if not r["file"].is_file()]
-    if missing and len(missing) == len(rows) and len(folds) > 1 and all(
-            ensemble_folder(folder, a, b, (f,)).is_dir() for f in folds
-            for a, b in combinations(study.reference_models(models[0].configuration), 2)):
+    baseline, _, rwkv = study.reference_models(models[0].configuration)
+    if missing and all(ensemble_folder(folder, rwkv, baseline, (f,)).is_dir() for f in folds):
         notes.append(f"nnUNetv2_find_best_configuration ran fold by fold here (a study spread over sessions, "
-                     f"--archive), not over folds {folds_string(folds)} at once: no pooled table or pick of "
-                     "nnU-Net's; the ensembles above pool its per-fold ensembles case by case")
+                     f"--archive), not over folds {folds_string(folds)} and configurations at once: no pooled "
+                     "table or pick of nnU-Net's; the ensembles above pool its per-fold ensembles case by case")
         return None
     if missing:
         problems.append(f"nnUNetv2_find_best_configuration on {', '.join(dict.fromkeys(m.configuration for m in models))}"

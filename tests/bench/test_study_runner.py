@@ -230,3 +230,18 @@ def test_a_fold_whose_reference_came_from_the_archive_is_named_not_ensembled(fak
     err = capsys.readouterr().err
     assert f"2d fold 0 cannot be ensembled: {BASELINE}__nnUNetPlans__2d was trained in an earlier session" in err
     assert "no ensemble of" in err and [c[0] for c in nnunet.commands] == ["nnUNetv2_train"] * 2
+
+
+def test_a_control_from_the_archive_leaves_out_only_its_own_ensembles(fake, monkeypatch, tmp_path, capsys):
+    archive = tmp_path / "evidence"
+    monkeypatch.setattr(study_module, "_call", FakeNnUNet(fake))
+    assert protocol.main(["run", "-c", "2d", "-f", "0", "-tr", CONTROL, "--archive", str(archive)]) == 0
+    shutil.rmtree(fake.dataset)  # the next session: the control's fold 0 is archived only
+    nnunet = FakeNnUNet(fake)
+    monkeypatch.setattr(study_module, "_call", nnunet)
+    assert _study(fake, "--archive", str(archive), "--folds", "2d=0") == 0
+    assert "came from the archive; its ensembles are left out" in capsys.readouterr().err
+    steps = ["train" if c[0] == "nnUNetv2_train" else find_best_models(c) for c in nnunet.commands]
+    assert steps == ["train", "train", ([(BASELINE, "nnUNetPlans", "2d"), (RWKV, "nnUNetPlans", "2d")], (0,))]
+    names = sorted(p.name for p in (archive / fake.dataset.name / "ensembles").iterdir())
+    assert names == [f"ensemble___{BASELINE}__nnUNetPlans__2d___{RWKV}__nnUNetPlans__2d___0"]
