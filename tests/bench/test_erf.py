@@ -62,7 +62,7 @@ def test_a_trained_fold_and_bad_input(hippocampus_rwkvsss_smoke, capsys):
     line = next(r for r in capsys.readouterr().out.splitlines() if "fold_0" in r).split("|")[1:-1]
     r50, r90, object_r90, ratio, beyond = (float(c) for c in line[2:])
     assert line[1].strip() == "2" and 0 < r50 <= r90 and object_r90 > 0 and 0 <= beyond <= 1
-    assert ratio == pytest.approx(r90 / object_r90, abs=0.01)
+    assert ratio == pytest.approx(r90 / object_r90, rel=0.03)  # of the medians, printed rounded to 0.1 mm
     assert erf.main(["--model", str(fold.parent / "fold_4")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no checkpoint_final.pth" in err and "\n" not in err
