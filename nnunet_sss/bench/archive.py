@@ -104,11 +104,6 @@ def plan_archive(results_dataset: Path, archive_dataset: Path, only: Optional[Tu
     return plan
 
 
-def archived(archive_dataset: Path, model: str, fold: int | str) -> bool:
-    """Whether the archive holds this fold's validation summary (its evidence is kept: no need to train it)."""
-    return (Path(archive_dataset) / model / f"fold_{fold}" / "validation" / "summary.json").is_file()
-
-
 def archive(dataset: str, output: str | Path, results_dir: str | Path | None = None, dry_run: bool = False,
             only: Optional[Tuple[str, str]] = None) -> ArchivePlan:
     """Copy every finished fold's evidence of `dataset` (or `only` that one) from the results folder into `output`."""

@@ -28,7 +28,7 @@ from nnunet_sss.compare.comparison import ensure_ext_trainer_path
 from nnunet_sss.compare.results import (ENSEMBLE_FOLDER, ComparisonInputError, case_name, dataset_name,
                                         folds_string, model_identifier)
 
-from .archive import archive, archived
+from .archive import archive
 
 ROLES = ("baseline", "control", "rwkv")
 ROLE_NAMES = {"baseline": "nnU-Net", "control": "optimiser control", "rwkv": "RWKV-SSS"}
@@ -215,6 +215,11 @@ def results_dataset_folder(dataset: str) -> tuple[str, Path]:
     return name, Path(os.environ["nnUNet_results"]) / name
 
 
+def archived(archive_dataset: Path, model: Model, fold: int) -> bool:
+    """Whether the archive (nnunet_sss/bench/archive.py) holds this fold finished: its evidence is kept."""
+    return fold_state(archive_dataset / model.identifier / f"fold_{fold}") == "finished"
+
+
 def fold_state(fold_dir: Path) -> str:
     """'finished' (validation/summary.json), 'interrupted' (a checkpoint) or 'new'."""
     if (fold_dir / "validation" / "summary.json").is_file():
@@ -334,7 +339,7 @@ def _train_fold(dataset: str, folder: Path, model: Model, fold: int, device: str
     """One (model, fold) of train_folds: skipped if finished (or archived), else trained or continued."""
     fold_dir = folder / model.identifier / f"fold_{fold}"
     state = fold_state(fold_dir)
-    if archive_dir is not None and state != "finished" and archived(archive_dir / folder.name, model.identifier, fold):
+    if archive_dir is not None and state != "finished" and archived(archive_dir / folder.name, model, fold):
         print(f"archived already: {archive_dir / folder.name / model.identifier / f'fold_{fold}'}", flush=True)
         return 0
     if state == "finished":
@@ -436,7 +441,7 @@ def fold_ensembles(dataset: str, folder: Path, study: Study, configuration: str,
     if (ensemble_folder(archive_dataset, rwkv, baseline, (fold,)) / "summary.json").is_file():
         return 0
     here = [m for m in refs if fold_state(folder / m.identifier / f"fold_{fold}") == "finished"]
-    elsewhere = [m for m in refs if m not in here and archived(archive_dataset, m.identifier, fold)]
+    elsewhere = [m for m in refs if m not in here and archived(archive_dataset, m, fold)]
     if rwkv not in here or baseline not in here:
         gone = [m.identifier for m in (baseline, rwkv) if m in elsewhere]
         if gone:
@@ -453,13 +458,8 @@ def fold_ensembles(dataset: str, folder: Path, study: Study, configuration: str,
     if elsewhere:
         print(f"note: {configuration} fold {fold}: {elsewhere[0].identifier} came from the archive; its ensembles "
               "are left out", file=sys.stderr, flush=True)
-    command = find_best_command(dataset, here, (fold,), num_processes)
-    if dry_run:
-        print(f"would run: {shlex.join(command)}", flush=True)
-        return 0
-    code = _call(command, nnunet_env())
-    if code != 0:
-        print(f"stopped: nnUNetv2_find_best_configuration exited {code}", file=sys.stderr, flush=True)
+    code = _find_best(dataset, here, (fold,), num_processes, dry_run, nnunet_env())
+    if code != 0 or dry_run:
         return code
     for a, b in combinations(here, 2):
         archive(dataset, archive_dir, folder.parent, only=(ENSEMBLE_FOLDER, ensemble_folder(folder, a, b, (fold,)).name))
@@ -477,7 +477,6 @@ def run_find_best(dataset: str, folder: Path, study: Study, num_processes: int |
     for i, (models, folds) in enumerate(calls):
         fresh = find_best_is_fresh(folder, models, folds) and (
             i < len(calls) - 1 or inference_information_matches(folder, models, folds))
-        command = find_best_command(dataset, models, folds, num_processes)
         if fresh and not rerun:
             print(f"done already: find_best_configuration on {', '.join(m.identifier for m in models)}, "
                   f"folds {folds_string(folds)}", flush=True)
@@ -485,12 +484,21 @@ def run_find_best(dataset: str, folder: Path, study: Study, num_processes: int |
         problems = [p for m in models for f in folds for p in [_npz_problem(folder, m, f)] if p]
         if problems:
             raise ComparisonInputError(problems)
-        if dry_run:
-            print(f"would run: {shlex.join(command)}", flush=True)
-            continue
-        rerun = True
-        code = _call(command, env)
+        rerun = not dry_run
+        code = _find_best(dataset, models, folds, num_processes, dry_run, env)
         if code != 0:
-            print(f"stopped: nnUNetv2_find_best_configuration exited {code}", file=sys.stderr, flush=True)
             return code
     return 0
+
+
+def _find_best(dataset: str, models: Sequence[Model], folds: Sequence[int], num_processes: int | None,
+               dry_run: bool, env: dict) -> int:
+    """One find_best_configuration call (printed only, under dry_run); its exit code."""
+    command = find_best_command(dataset, models, folds, num_processes)
+    if dry_run:
+        print(f"would run: {shlex.join(command)}", flush=True)
+        return 0
+    code = _call(command, env)
+    if code != 0:
+        print(f"stopped: nnUNetv2_find_best_configuration exited {code}", file=sys.stderr, flush=True)
+    return code

@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from nnunet_sss.checks import UsageError
+from nnunet_sss.training.ablations import ABLATIONS
+
+from .network import PLANS
 
 
 def _centre_crop(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
@@ -113,10 +116,6 @@ def probe_main(prog: str, description: str, run: Callable[[argparse.Namespace], 
                default_cases: int, arms_help: str, data_help: str) -> int:
     """Parse a probe's arguments (--plans/--arms at init, --model trained folds, --data, --cases) and
     run it; a UsageError is one stderr line and exit code 2."""
-    from nnunet_sss.training.ablations import ABLATIONS
-
-    from .network import PLANS
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--plans", nargs="*", default=[], choices=sorted(PLANS), help="networks at init, from these plans")
     parser.add_argument("--arms", nargs="*", default=[], choices=list(ABLATIONS), help=arms_help)

@@ -204,14 +204,15 @@ def load_model(root: Path, dataset: str, trainer: str, plans: str, configuration
 
 
 def _ensemble_folders(folder: Path, wanted: set) -> dict:
-    """(members, fold text) -> ensemble folder, for find_best_configuration's ensembles of `wanted` models."""
+    """For find_best_configuration's ensembles of `wanted` models: member set -> (the members in the
+    order of the first folder named, {fold text: folder}); an ensemble named in either member order is one."""
     out = {}
     if not folder.is_dir():
         return out
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         parts = sub.name.split("___")
         if len(parts) >= 4 and parts[0] == "ensemble" and set(parts[1:-1]) <= wanted:
-            out[(tuple(parts[1:-1]), parts[-1])] = sub
+            out.setdefault(frozenset(parts[1:-1]), (parts[1:-1], {}))[1].setdefault(parts[-1], sub)
     return out
 
 
@@ -224,20 +225,12 @@ def find_ensembles(root: Path, dataset: str, identifiers: Iterable[str], folds: 
 
     Returns (entries, notes); an ensemble folder without summary.json is skipped with a note.
     """
-    found = _ensemble_folders(root / dataset / ENSEMBLE_FOLDER, set(identifiers))
     entries, notes = [], []
-    whole = folds_string(folds)
-    member_sets = list(dict.fromkeys(m for m, _ in found))
-    for members in member_sets:
-        if any(frozenset(members) == frozenset(e) for e in member_sets[:member_sets.index(members)]):
-            continue  # the same ensemble named in the other member order
-        same = [m for m in member_sets if frozenset(m) == frozenset(members)]
-        exact = next((found[(m, whole)] for m in same if (m, whole) in found), None)
-        per_fold = {f: next((found[(m, str(f))] for m in same if (m, str(f)) in found), None) for f in folds}
-        if exact is not None:
-            subs = [exact]
-        elif len(folds) > 1 and all(per_fold.values()):
-            subs = list(per_fold.values())
+    for members, by_folds in _ensemble_folders(root / dataset / ENSEMBLE_FOLDER, set(identifiers)).values():
+        if folds_string(folds) in by_folds:
+            subs = [by_folds[folds_string(folds)]]
+        elif len(folds) > 1 and all(str(f) in by_folds for f in folds):
+            subs = [by_folds[str(f)] for f in folds]
         else:
             continue
         missing = [sub for sub in subs if not (sub / "summary.json").is_file()]
