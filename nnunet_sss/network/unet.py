@@ -7,7 +7,8 @@ PlainConvUNet (so any plans' `arch_kwargs` fit) plus its own keyword options, on
     rwkv_first_stage=0     stages before this one keep the plans' convs (no blocks), whatever
                            rwkv_depths says: a stage-count-free way to keep blocks off the
                            largest maps
-    local_window=8         local layer window, tokens per axis (int or per-axis list)
+    local_window=8         local layer window, tokens per axis (int or per-axis list); None = the
+                           whole map (only with global_window=None: no partitions at all)
     global_window=32       global layer window, tokens per axis; None = the whole map
     scan="stage"           snake order, all cyclic axis orders, learned merge ("raster": one order)
     shift="window"         token shift inside windows ("global": across the whole map)
@@ -113,7 +114,7 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         *,
         use_rwkv: bool = True,
         rwkv_depths: Union[int, Sequence[int]] = 1,
-        local_window: Union[int, Sequence[int]] = 8,
+        local_window: Union[None, int, Sequence[int]] = 8,
         global_window: Union[None, int, Sequence[int]] = 32,
         scan: str = "stage",
         shift: str = "window",
@@ -164,8 +165,11 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         depths = [0 if s < rwkv_first_stage else d for s, d in enumerate(depths)]
         if not use_rwkv:
             depths = [0] * n_stages
-        local = _per_axis(local_window, n_dims, "local_window")
         glob = (None,) * n_dims if global_window is None else _per_axis(global_window, n_dims, "global_window")
+        if local_window is None and global_window is not None:
+            raise ValueError(f"local_window None (the whole map) is larger than global_window {glob}: the local "
+                             "layer's windows must fit inside the global layer's; set global_window None too")
+        local = (None,) * n_dims if local_window is None else _per_axis(local_window, n_dims, "local_window")
         if global_window is not None and any(l > g for l, g in zip(local, glob)):
             raise ValueError(f"local_window {local} is larger than global_window {glob} on some axis: the "
                              "local layer's windows must fit inside the global layer's")
@@ -203,8 +207,9 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         self.strides = strides
         # each spatial size must be a multiple of this: the product of the strides per axis
         self.patch_multiple = tuple(math.prod(s[a] for s in strides) for a in range(n_dims))
-        self.options = dict(use_rwkv=use_rwkv, rwkv_depths=depths, local_window=local, global_window=global_window
-                            if global_window is None else glob, scan=scan, shift=shift,
+        self.options = dict(use_rwkv=use_rwkv, rwkv_depths=depths,
+                            local_window=None if local_window is None else local,
+                            global_window=None if global_window is None else glob, scan=scan, shift=shift,
                             wkv_pool=[list(p) for p in pools], hidden_ratio=hidden_ratio, upsample=upsample,
                             rwkv_checkpoint=rwkv_checkpoint, rwkv_first_stage=rwkv_first_stage,
                             wkv_mixer=wkv_mixer, wkv_decay=wkv_decay, layer_scale=layer_scale,

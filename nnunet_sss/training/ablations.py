@@ -15,6 +15,8 @@ ABLATIONS = MappingProxyType({
     "rasterScan": ({"scan": "raster"}, "one raster scan order instead of the stage (snake, all axis orders) scan"),
     "globalShift": ({"shift": "global"}, "token shift over the whole map instead of inside each window"),
     "fullResWKV": ({"wkv_pool": (1,)}, "WKV at full resolution instead of on the pooled K/V map"),
+    "noPartitions": ({"global_window": None, "local_window": None},
+                     "no Stage-Scan partitions: both layers of a block scan the whole map as one window"),
     "transposedUp": ({"upsample": "transpose"}, "transposed-conv upsampling instead of dynamic upsampling"),
     # what the WKV itself adds: the block kept, only its token mixer replaced
     "wkvMean": ({"wkv_mixer": "mean"}, "the mean of v over each window instead of the Bi-WKV (a pooling mixer)"),

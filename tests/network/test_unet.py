@@ -213,6 +213,30 @@ def test_per_stage_depths_and_windows():
         RWKVSSSUNet(**tiny_kwargs(3, rwkv_first_stage=5))
 
 
+@pytest.mark.parametrize("n_dims", [2, 3])
+def test_no_partitions_gives_every_layer_the_whole_map(n_dims, monkeypatch):
+    """The Stage-Scan partitions' ablation: local_window=None with global_window=None leaves one
+    window per map in every layer, and the token shift inside it is then the whole-map shift."""
+    windows_per_map = []
+    real = spatial_mix_module.scan_plan
+    monkeypatch.setattr(spatial_mix_module, "scan_plan",
+                        lambda *a, **kw: (lambda plan: windows_per_map.append(plan.n_windows) or plan)(real(*a, **kw)))
+    x = torch.randn(2, 1, *(16, 24, 16)[:n_dims])
+    RWKVSSSUNet(**tiny_kwargs(n_dims))(x)
+    assert max(windows_per_map) > 1  # the default partitions these maps
+    windows_per_map.clear()
+    outputs = {}
+    for shift in ("window", "global"):
+        torch.manual_seed(0)
+        net = RWKVSSSUNet(**tiny_kwargs(n_dims, local_window=None, global_window=None, shift=shift))
+        assert net.options["local_window"] is None and net.options["global_window"] is None
+        outputs[shift] = net(x)[0]
+    assert windows_per_map and set(windows_per_map) == {1}
+    torch.testing.assert_close(outputs["window"], outputs["global"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="local_window None .* global_window"):
+        RWKVSSSUNet(**tiny_kwargs(n_dims, local_window=None))
+
+
 def test_initialize_keeps_the_vision_rwkv_init():
     net = RWKVSSSUNet(**tiny_kwargs(3))
     before = copy.deepcopy(net.state_dict())
