@@ -2,7 +2,7 @@
 how far from a voxel the input still moves the network's output at that voxel.
 
     python -m nnunet_sss.bench.erf --model FOLD [FOLD ...] [--cases N] [--data DIR]
-    python -m nnunet_sss.bench.erf --plans hippocampus2d large3d [--arms tokenDecay ...] [--cases N] [--data DIR]
+    python -m nnunet_sss.bench.erf --plans hippocampus2d large3d large2d aniso3d [--arms tokenDecay ...] [--cases N] [--data DIR]
 
 Long-range token mixing can only add context that the conv path does not already bring. This
 measures, per model, the reach that training gave it: for each input case, the voxel is the
@@ -14,7 +14,8 @@ radius around the same voxel, and the share of the map's mass that lies beyond i
 output at the object depends on input outside the object). Medians over cases; radii in voxels
 and in mm (the plans' spacing). Any nnU-Net model works, so nnU-Net's network and RWKV-SSS's
 arms are read the same way; a fold is read as `wkv_probe` reads it (nnunet_sss/bench/trained.py).
-The networks at init (`--plans`) are PlainConvUNet and RWKV-SSS (and `--arms`) from seed 0.
+The networks at init (`--plans`: the bench's plans and its layouts for large images, bench/network.py
+LAYOUTS) are PlainConvUNet and RWKV-SSS (and `--arms`) from seed 0; their radii are in voxels.
 
 Instance norm makes every output depend a little on every input voxel (its statistics), in both
 networks alike; that floor is part of what the map shows.
@@ -29,7 +30,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .network import PLANS
+from .network import LAYOUTS
 from .trained import load_fold, preprocessed_cases, probe_main
 from .wkv_probe import network_at_init
 
@@ -131,7 +132,7 @@ def _inputs(patch, channels: int, data: Optional[Path], n_cases: int, cases: Opt
 def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int) -> List[str]:
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    plan = PLANS[plan_name]
+    plan = LAYOUTS[plan_name]
     x, labels = _inputs(plan["patch"], plan["kwargs"]["input_channels"], data, n_cases)
     torch.manual_seed(0)
     rows = [row(f"{plan_name} at init: PlainConvUNet", reach(PlainConvUNet(**plan["kwargs"]), x, labels,

@@ -47,7 +47,8 @@ def _plain_kwargs(n_dims: int, features, strides, batch: int, patch, kernel=3, n
     n_stages = len(features)
     return dict(
         kwargs=dict(input_channels=channels, n_stages=n_stages, features_per_stage=list(features), conv_op=conv,
-                    kernel_sizes=[[kernel] * n_dims] * n_stages, strides=[[s] * n_dims for s in strides],
+                    kernel_sizes=[[kernel] * n_dims] * n_stages,
+                    strides=[[s] * n_dims if isinstance(s, int) else list(s) for s in strides],
                     n_conv_per_stage=[n_conv] * n_stages, num_classes=classes,
                     n_conv_per_stage_decoder=[n_conv] * (n_stages - 1), conv_bias=True, norm_op=norm,
                     norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
@@ -63,6 +64,15 @@ PLANS = {
     "hippocampus3d": _plain_kwargs(3, [32, 64, 128, 256], [1, 2, 2, 2], 9, (40, 56, 40)),
     "hippocampus2d": _plain_kwargs(2, [32, 64, 128, 256], [1, 2, 2, 2], 366, (56, 40)),
     "large3d": _plain_kwargs(3, [32, 64, 128, 256, 320, 320], [1, 2, 2, 2, 2, 2], 2, (128, 128, 128)),
+}
+# Layouts of nnU-Net's kind for large images, for the probes at init (bench/erf.py, bench/wkv_probe.py),
+# not benchmarked by default: "large2d" is the 2d layout nnU-Net plans for a 512x512 patch (8 stages,
+# features capped at 512), "aniso3d" a 3d_fullres layout for MRI volumes of about 1.4 x 1.25 x 1.25 mm
+# (an 80x160x128 patch, the first downsampling in-plane only).
+LAYOUTS = {
+    **PLANS,
+    "large2d": _plain_kwargs(2, [32, 64, 128, 256, 512, 512, 512, 512], [1, 2, 2, 2, 2, 2, 2, 2], 12, (512, 512)),
+    "aniso3d": _plain_kwargs(3, [32, 64, 128, 256, 320, 320], [1, (1, 2, 2), 2, 2, 2, (1, 2, 2)], 2, (80, 160, 128)),
 }
 SWEEPS = {
     "2d": (_plain_kwargs(2, [32, 64, 128, 256, 512, 512], [1, 2, 2, 2, 2, 2], 1, (0, 0)),

@@ -17,7 +17,7 @@ from torch import nn
 from nnunet_sss.checks import UsageError
 from nnunet_sss.training.ablations import ABLATIONS
 
-from .network import PLANS
+from .network import LAYOUTS
 
 
 def _centre_crop(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
@@ -117,7 +117,7 @@ def probe_main(prog: str, description: str, run: Callable[[argparse.Namespace], 
     """Parse a probe's arguments (--plans/--arms at init, --model trained folds, --data, --cases) and
     run it; a UsageError is one stderr line and exit code 2."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--plans", nargs="*", default=[], choices=sorted(PLANS), help="networks at init, from these plans")
+    parser.add_argument("--plans", nargs="*", default=[], choices=sorted(LAYOUTS), help="networks at init, from these layouts")
     parser.add_argument("--arms", nargs="*", default=[], choices=list(ABLATIONS), help=arms_help)
     parser.add_argument("--model", nargs="*", default=[], type=Path, help="trained fold folders (…/fold_0)")
     parser.add_argument("--data", type=Path, default=None, help=data_help)

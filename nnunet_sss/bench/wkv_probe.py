@@ -25,7 +25,7 @@ from nnunet_sss.network import RWKVSSSUNet
 from nnunet_sss.network.probe import LOCAL_TOKENS, layer_facts
 from nnunet_sss.training.ablations import ABLATIONS
 
-from .network import PLANS
+from .network import LAYOUTS
 from .trained import load_fold, preprocessed_cases, probe_main
 
 
@@ -61,7 +61,7 @@ def network_at_init(plan: dict, arm: str):
 
 
 def at_init(plan_name: str, arms: List[str], data: Optional[Path], n_cases: int) -> str:
-    plan = PLANS[plan_name]
+    plan = LAYOUTS[plan_name]
     x = _input(plan["patch"], plan["kwargs"]["input_channels"], data, n_cases)
     out = []
     for arm in ["defaults", *arms]:

@@ -66,3 +66,19 @@ def test_a_trained_fold_and_bad_input(hippocampus_rwkvsss_smoke, capsys):
     assert erf.main(["--model", str(fold.parent / "fold_4")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no checkpoint_final.pth" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["large2d", "aniso3d"])
+def test_the_large_layouts_build_both_networks_at_their_patch(name):
+    """The probes' layouts for large images: strides per axis, a patch every stage divides."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_sss.bench.network import LAYOUTS
+    from nnunet_sss.network.unet import RWKVSSSUNet
+
+    layout = LAYOUTS[name]
+    strides = layout["kwargs"]["strides"]
+    assert all(len(s) == len(layout["patch"]) for s in strides)
+    assert RWKVSSSUNet(**layout["kwargs"]).compute_conv_feature_map_size(layout["patch"]) > \
+        PlainConvUNet(**layout["kwargs"]).compute_conv_feature_map_size(layout["patch"]) > 0
+    if name == "aniso3d":
+        assert strides[1] == [1, 2, 2]  # the thick-slice axis is not halved first
