@@ -132,7 +132,11 @@ class _ShiftMixProject(torch.autograd.Function):
 def shift_mix_project(z: Tensor, starts, pool: Tuple[int, ...], full=(), low=()):
     """Token shift (windows beginning at `starts`), Vision-RWKV's mix mu * x + (1 - mu) * shift(x)
     and a projection, for each (weight, mu) pair: `full` at z's resolution, `low` at z pooled by
-    `pool`. Returns the projections in that order."""
+    `pool`. Returns the projections in that order. `starts` None: no token shift, so no mix (mu
+    is None) and each projection reads z (or z pooled) itself."""
+    if starts is None:
+        low_z = avg_pool_tokens(z, tuple(pool)) if low and math.prod(pool) > 1 else z
+        return tuple(F.linear(z, w) for w, _ in full) + tuple(F.linear(low_z, w) for w, _ in low)
     params = [t for pair in (*full, *low) for t in pair]
     starts = tuple(tuple(a) for a in starts)
     if _traced() or any(s % p for s, p in zip(z.shape[1:-1], pool)):

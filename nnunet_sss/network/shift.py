@@ -34,6 +34,12 @@ def shift_starts(size: Sequence[int], window: Optional[Sequence[Optional[int]]] 
     return tuple(starts)
 
 
+def layer_shift_starts(size: Sequence[int], windows: Optional[Tuple]) -> Optional[Tuple[Tuple[int, ...], ...]]:
+    """shift_starts for a layer's `(window, pool)`; None where the layer has no token shift
+    (`windows` None: the no-shift ablation)."""
+    return None if windows is None else shift_starts(size, *windows)
+
+
 def window_shift(x: Tensor, starts: Sequence[Sequence[int]], reverse: bool = False) -> Tensor:
     """Shift channel groups of channels-last `x` (B, *S, C) by one token inside the windows
     that begin at `starts` (per axis; see shift_starts)."""

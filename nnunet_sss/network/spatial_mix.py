@@ -39,7 +39,7 @@ from nnunet_sss.kernels import bi_wkv
 from .fused import gate_project, shift_mix_project
 from .init import mix_init, token_decay_init, wkv_bonus_init, wkv_decay_init
 from .scan import axis_orders, scan, scan_plan, sequence_lengths, unscan
-from .shift import shift_starts
+from .shift import layer_shift_starts
 
 MIXERS = ("wkv", "mean", "identity")
 DECAYS = ("window", "token")
@@ -76,20 +76,26 @@ class SpatialMix(nn.Module):
             self.decay = nn.Parameter(token_decay_init(channels) if decay == "token"
                                       else wkv_decay_init(channels, layer_id, n_layers))
             self.bonus = nn.Parameter(wkv_bonus_init(channels))
-            self.mix_k = nn.Parameter(mix_init(channels, layer_id, n_layers, "k"))
+            self.mix_k = self._mix(channels, layer_id, n_layers, "k")
         else:
             self.key = self.decay = self.bonus = self.mix_k = None
-        self.mix_v = nn.Parameter(mix_init(channels, layer_id, n_layers, "v"))
-        self.mix_r = nn.Parameter(mix_init(channels, layer_id, n_layers, "r"))
+        self.mix_v = self._mix(channels, layer_id, n_layers, "v")
+        self.mix_r = self._mix(channels, layer_id, n_layers, "r")
         # learned weights of the scan orders (softmax); a single order needs none
         self.scan_logits = nn.Parameter(torch.zeros(len(self.orders))) \
             if len(self.orders) > 1 and mixer == "wkv" else None
         # Optional read-only look at the WKV's inputs (nnunet_sss.network.attention); None in training
         self.wkv_probe = None
 
+    def _mix(self, channels: int, layer_id: int, n_layers: int, which: str) -> Optional[nn.Parameter]:
+        """Vision-RWKV's per-channel token-shift mix; none without a token shift."""
+        return None if self.shift_mode == "none" else nn.Parameter(mix_init(channels, layer_id, n_layers, which))
+
     def shift_windows(self):
-        """(window, pool) of the token shift: the WKV's windows mapped to full resolution, or
-        (None, None) = the whole map for the global-shift ablation."""
+        """(window, pool) of the token shift: the WKV's windows mapped to full resolution,
+        (None, None) = the whole map for the global-shift ablation, None = no token shift."""
+        if self.shift_mode == "none":
+            return None
         return (None, None) if self.shift_mode == "global" else (self.window, self.pool)
 
     def scan_weights(self) -> Optional[Tensor]:
@@ -100,7 +106,7 @@ class SpatialMix(nn.Module):
         pool = tuple(min(p, s) for p, s in zip(self.pool, size))
         low = [(self.value.weight, self.mix_v)] if self.key is None else \
             [(self.key.weight, self.mix_k), (self.value.weight, self.mix_v)]
-        r, *kv = shift_mix_project(x, shift_starts(size, *self.shift_windows()), pool,
+        r, *kv = shift_mix_project(x, layer_shift_starts(size, self.shift_windows()), pool,
                                    full=[(self.receptance.weight, self.mix_r)], low=low)
         wkv_size = kv[-1].shape[1:-1]
         *k, v = (at_least_fp32(t).reshape(batch, -1, channels) for t in kv)

@@ -49,7 +49,7 @@ from .spatial_mix import DECAYS, MIXERS
 
 SCANS = ("stage", "raster")
 PLACEMENTS = ("replace", "after")
-SHIFTS = ("window", "global")
+SHIFTS = ("window", "global", "none")
 UPSAMPLES = ("dynamic", "transpose")
 _CONV_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
 

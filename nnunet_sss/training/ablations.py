@@ -14,6 +14,7 @@ ABLATIONS = MappingProxyType({
     "noRWKV": ({"use_rwkv": False}, "no Stage-Scan blocks: convs in their place, same widths"),
     "rasterScan": ({"scan": "raster"}, "one raster scan order instead of the stage (snake, all axis orders) scan"),
     "globalShift": ({"shift": "global"}, "token shift over the whole map instead of inside each window"),
+    "noShift": ({"shift": "none"}, "no token shift: each projection reads its own token, no mixes"),
     "fullResWKV": ({"wkv_pool": (1,)}, "WKV at full resolution instead of on the pooled K/V map"),
     "noPartitions": ({"global_window": None, "local_window": None},
                      "no Stage-Scan partitions: both layers of a block scan the whole map as one window"),

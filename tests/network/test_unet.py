@@ -150,6 +150,7 @@ ABLATIONS = {
     "use_rwkv": (False, lambda key: key.startswith("encoder.")),
     "scan": ("raster", lambda key: key.endswith("scan_logits")),
     "shift": ("global", None),
+    "shift:none": ("none", lambda key: key.rsplit(".", 1)[-1] in ("mix_k", "mix_v", "mix_r")),
     "wkv_pool": ((1,), None),
     "upsample": ("transpose", lambda key: key.startswith("decoder.upsamplers.")),
     "wkv_mixer": ("mean", lambda key: key.split(".spatial_mix.")[-1] in _WKV_ONLY and ".spatial_mix." in key),
@@ -164,6 +165,7 @@ _WKV_ONLY = {"key.weight", "decay", "bonus", "mix_k", "scan_logits"}  # what a m
 @pytest.mark.parametrize("option", list(ABLATIONS))
 def test_each_ablation_switch_builds_runs_and_changes_only_its_idea(n_dims, option, monkeypatch):
     value, where = ABLATIONS[option]
+    option = option.split(":")[0]
     torch.manual_seed(0)
     default = RWKVSSSUNet(**tiny_kwargs(n_dims))
     torch.manual_seed(0)
@@ -282,7 +284,7 @@ def test_bad_input_gets_a_clear_error():
     with pytest.raises(ValueError, match="unknown scan 'zigzag'"):
         RWKVSSSUNet(**tiny_kwargs(3, scan="zigzag"))
     with pytest.raises(ValueError, match="unknown shift"):
-        RWKVSSSUNet(**tiny_kwargs(3, shift="none"))
+        RWKVSSSUNet(**tiny_kwargs(3, shift="left"))
     with pytest.raises(ValueError, match="unknown upsample"):
         RWKVSSSUNet(**tiny_kwargs(3, upsample="nearest"))
     with pytest.raises(ValueError, match="wkv_pool must be a list"):

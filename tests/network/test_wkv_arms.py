@@ -142,3 +142,23 @@ def test_merged_windows_give_one_layer_exactly_where_the_windows_coincide():
 def test_bad_values_are_named(option, value, match):
     with pytest.raises(ValueError, match=match):
         RWKVSSSUNet(**tiny_kwargs(2), **{option: value})
+
+
+@pytest.mark.parametrize("n_dims", [2, 3])
+def test_no_shift_leaves_each_token_to_itself(n_dims):
+    """shift="none" removes the token shift and its mixes: with the identity mixer (no WKV) a whole
+    RWKV layer then maps each token by itself; with the shift, neighbours move it."""
+    size = (6, 5, 4)[:n_dims]
+    x = torch.randn(2, *size, 8, dtype=torch.float64)
+    probe = x.clone()
+    probe[(0,) + (2,) * n_dims] += 1.0  # one token changed
+    changed = {}
+    for shift in ("window", "none"):
+        torch.manual_seed(0)
+        layer = RWKVLayer(8, n_dims, (None,) * n_dims, (1,) * n_dims, 1, "stage", shift, 0, 2,
+                          mixer="identity").double()
+        assert (layer.spatial_mix.mix_r is None) == (shift == "none") == (layer.channel_mix.mix_k is None)
+        with torch.no_grad():
+            moved = (layer(probe) - layer(x)).abs().amax(-1) > 0
+        changed[shift] = int(moved.sum())
+    assert changed["none"] == 1 and changed["window"] > 1
