@@ -1,8 +1,9 @@
 """The C++ CPU kernels (kernels/csrc/): built once, cached, called via ctypes.
 
-Two libraries: the fused Bi-WKV scan (bi_wkv.cpp, wrapped by `Kernels`) and the channels-last
-linear sampler (linear_sample.cpp, wrapped in kernels/sampler.py). Each source has a
-plain C ABI and no torch headers, so the one-time build takes seconds.
+One library per source: the fused Bi-WKV scan (bi_wkv.cpp, wrapped by `Kernels`), the
+channels-last linear sampler (linear_sample.cpp, wrapped in kernels/sampler.py), the token shift
+(token_shift.cpp, kernels/token_shift.py) and the cell sum (cell_sum.cpp, kernels/cell_sum.py).
+Each source has a plain C ABI and no torch headers, so the one-time build takes seconds.
 It is compiled for the host CPU (-march=native), so the cache directory is keyed by the
 torch version and the CPU's model and feature flags: a cache shared between different
 machines never hands one of them code it cannot run. Default location:
@@ -126,3 +127,23 @@ def optional(stem: str, wrap, what: str, fallback: str):
         warnings.warn(f"nnunet_sss.kernels: the C++ {what} could not be built ({err}); using {fallback} on the CPU.",
                       RuntimeWarning)
         return None
+
+
+def check_backend(op: str, backend, backends, x) -> None:
+    """What every op with a C++ backend checks of `backend`: a known name, and "cpp" only for CPU tensors."""
+    if backend is not None and backend not in backends:
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {backends} or None")
+    if backend == "cpp" and x.device.type != "cpu":
+        raise ValueError(f"{op}: backend 'cpp' runs on CPU tensors, got device {x.device}")
+
+
+def resolve_backend(op: str, what: str, backend, x, library) -> str:
+    """None: "cpp" for CPU tensors below float64 where `library()` (the built kernel or None)
+    is there, else "torch"; an explicit "cpp" that could not be built raises."""
+    if backend is None:
+        usable = x.device.type == "cpu" and x.dtype != torch.float64
+        return "cpp" if usable and library() is not None else "torch"
+    if backend == "cpp" and library() is None:
+        raise RuntimeError(f"{op}: backend 'cpp' requested but the C++ {what} could not be built "
+                           "(see the warning above); use backend='torch'")
+    return backend

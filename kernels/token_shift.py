@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import cpu_ext
+
 BACKENDS = ("torch", "cpp")
 Starts = Tuple[Tuple[int, ...], ...]
 
@@ -148,8 +150,6 @@ def _first_flags(size: Tuple[int, ...], starts: Starts) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def _cpp_library():
     """The compiled token shift, or None (with one warning) where it cannot be built."""
-    from . import cpu_ext
-
     return cpu_ext.optional("token_shift", _Library, "token shift", "the gather (backend 'torch')")
 
 
@@ -212,21 +212,12 @@ def _check(x, starts, backend) -> Starts:
                 or axis_starts[-1] >= n:
             raise ValueError(f"token_shift: the window starts of axis {axis} must rise from 0 and stay below its "
                              f"size {n}, got {axis_starts}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"token_shift: unknown backend {backend!r}; choose one of {BACKENDS} or None")
-    if backend == "cpp" and x.device.type != "cpu":
-        raise ValueError(f"token_shift: backend 'cpp' runs on CPU tensors, got device {x.device}")
+    cpu_ext.check_backend("token_shift", backend, BACKENDS, x)
     return starts
 
 
 def _resolve(backend: Optional[str], x: Tensor) -> str:
-    if backend is None:
-        usable = x.device.type == "cpu" and x.dtype != torch.float64
-        return "cpp" if usable and _cpp_library() is not None else "torch"
-    if backend == "cpp" and _cpp_library() is None:
-        raise RuntimeError("token_shift: backend 'cpp' requested but the C++ shift could not be built "
-                           "(see the warning above); use backend='torch'")
-    return backend
+    return cpu_ext.resolve_backend("token_shift", "shift", backend, x, _cpp_library)
 
 
 def token_shift(x: Tensor, starts: Sequence[Sequence[int]], reverse: bool = False, *,

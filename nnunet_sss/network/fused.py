@@ -77,17 +77,24 @@ def shift_mix_project_reference(z, starts, pool, n_full, *params):
 
 
 class _ShiftMixProject(torch.autograd.Function):
+    """Works on token rows (N, C): each projection is one addcmul and one mm forward; its
+    backward one addcmul, two mm and three elementwise ops, the gradients of all projections
+    of a resolution summed into two accumulators (through x and through shift(x))."""
+
     @staticmethod
     def forward(ctx, z, starts, pool, n_full, *params):
         shifted = window_shift(z, starts)
         delta = z - shifted
         pooled = math.prod(pool) > 1
-        low = (sum_cells(shifted, pool).div_(math.prod(pool)), sum_cells(delta, pool).div_(math.prod(pool))) \
+        low = (sum_cells(shifted, pool, 1 / math.prod(pool)), sum_cells(delta, pool, 1 / math.prod(pool))) \
             if pooled else (shifted, delta)
+        rows = {"full": (_rows(shifted), _rows(delta)), "low": tuple(_rows(t) for t in low)}
         outs = []
         for i in range(len(params) // 2):
-            s, d = (shifted, delta) if i < n_full else low
-            outs.append(F.linear(_lerp(s, d, params[2 * i + 1]), params[2 * i]))
+            key = "full" if i < n_full else "low"
+            s, d = rows[key]
+            out = torch.mm(_lerp(s, d, params[2 * i + 1]), params[2 * i].t())
+            outs.append(out.view(*(shifted if key == "full" else low[0]).shape[:-1], -1))
         ctx.starts, ctx.pool, ctx.n_full, ctx.amp = starts, pool, n_full, _amp_state(z)
         ctx.dtypes = (z.dtype, *(p.dtype for p in params))
         ctx.save_for_backward(shifted, delta, *low, *params)
@@ -96,36 +103,44 @@ class _ShiftMixProject(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         shifted, delta, low_shifted, low_delta, *params = ctx.saved_tensors
-        acc = {}  # "full" / "low" -> [grad of x, grad of shift(x)]
+        rows = {"full": (_rows(shifted), _rows(delta)), "low": (_rows(low_shifted), _rows(low_delta))}
+        # per resolution: [sum of the projections' input gradients, sum of mix * each of them]
+        acc = {}
         param_grads = []
         for i, grad in enumerate(grads):
-            weight, mix = params[2 * i], params[2 * i + 1]
-            key = "full" if i < ctx.n_full else "low"
-            s, d = (shifted, delta) if key == "full" else (low_shifted, low_delta)
             if grad is None:
                 param_grads += [None, None]
                 continue
+            weight, mix = params[2 * i], params[2 * i + 1]
+            key = "full" if i < ctx.n_full else "low"
+            s, d = rows[key]
+            grad = _rows(grad)
             with _replay(ctx.amp):
-                grad_w = _weight_grad(grad, _lerp(s, d, mix))
-                grad_x = grad @ weight
-            grad_mix = _rows(grad_x * d).sum(0)
-            grad_from_x = grad_x * mix                 # mix x + (1 - mix) shift(x)
-            grad_from_shift = grad_x.to(grad_from_x.dtype).sub_(grad_from_x)
+                grad_w = torch.mm(grad.t(), _lerp(s, d, mix))
+                grad_in = torch.mm(grad, weight)
+            grad_mix = (grad_in * d).sum(0)
             if key in acc:
-                acc[key][0] += grad_from_x
-                acc[key][1] += grad_from_shift
+                acc[key][1].addcmul_(grad_in, mix)
+                acc[key][0].add_(grad_in)
             else:
-                acc[key] = [grad_from_x, grad_from_shift]
+                acc[key] = [None, grad_in * mix]
+                acc[key][0] = grad_in.to(acc[key][1].dtype)
             param_grads += [grad_w.to(ctx.dtypes[1 + 2 * i]), grad_mix.to(ctx.dtypes[2 + 2 * i])]
-        grad_x, grad_shift = acc.get("full", (torch.zeros_like(delta), torch.zeros_like(delta)))
+        # mix * x + (1 - mix) * shift(x): x gets mix * g, shift(x) gets g - mix * g
+        if "full" in acc:
+            total, grad_x = acc["full"]
+        else:
+            total, grad_x = torch.zeros_like(_rows(delta)), torch.zeros_like(_rows(delta))
         if "low" in acc:
             if math.prod(ctx.pool) > 1:
-                for full, low in zip((grad_x, grad_shift), acc["low"]):
-                    cell_view(full, ctx.pool).add_(pooled_view(low), alpha=1 / math.prod(ctx.pool))
+                for full, low in zip((total, grad_x), acc["low"]):
+                    cell_view(full.view(delta.shape), ctx.pool).add_(pooled_view(low.view(low_delta.shape)),
+                                                                      alpha=1 / math.prod(ctx.pool))
             else:
-                grad_x += acc["low"][0]
-                grad_shift += acc["low"][1]
-        grad_x += window_shift(grad_shift, ctx.starts, reverse=True)
+                total.add_(acc["low"][0])
+                grad_x.add_(acc["low"][1])
+        grad_shift = total.sub_(grad_x).view(delta.shape)
+        grad_x = grad_x.view(delta.shape).add_(window_shift(grad_shift, ctx.starts, reverse=True))
         return (grad_x.to(ctx.dtypes[0]), None, None, None, *param_grads)
 
 

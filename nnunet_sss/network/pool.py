@@ -1,9 +1,10 @@
 """Pooled token maps for the low-resolution WKV, on channels-last tokens (B, *S, C).
 
 A pooled token averages a cell of `pool` tokens per axis (ceil mode: the cells at the far
-border average their real tokens). Where the pool divides the map, pooling is a few slice
-additions and its backward a broadcast, both much cheaper on the CPU than avg_pool on a
-channels-last tensor (which reorders the layout first); elsewhere it falls back to avg_pool.
+border average their real tokens). Where the pool divides the map, pooling is one cell sum
+(`kernels.cell_sum`: one C++ pass on the CPU) and its backward a broadcast, both much cheaper on
+the CPU than avg_pool on a channels-last tensor (which reorders the layout first); elsewhere it
+falls back to avg_pool.
 `cell_view` / `pooled_view` pair a full map with its pooled map as broadcastable views.
 """
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from nnunet_sss.kernels import cell_sum
 
 
 def divides(size: Sequence[int], pool: Sequence[int]) -> bool:
@@ -32,41 +34,15 @@ def pooled_view(y: Tensor) -> Tensor:
     return y.view(y.shape[0], *ones, y.shape[-1])
 
 
-def sum_cells(x: Tensor, pool: Sequence[int]) -> Tensor:
-    """Sum over each cell (the pool divides the map): slice additions, innermost axis first."""
-    cells = cell_view(x, pool)
-    for axis in reversed(range(len(pool))):
-        dim = 2 + 2 * axis
-        parts = cells.unbind(dim)
-        total = parts[0].clone() if len(parts) > 1 else parts[0]
-        for part in parts[1:]:
-            total += part
-        cells = total.unsqueeze(dim)
-    return cells.reshape(x.shape[0], *(s // p for s, p in zip(x.shape[1:-1], pool)), x.shape[-1])
-
-
-class _AvgPoolCells(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, pool):
-        ctx.pool, ctx.size = pool, x.shape
-        return sum_cells(x, pool).div_(math.prod(pool))
-
-    @staticmethod
-    def backward(ctx, grad):
-        return spread_cells(grad / math.prod(ctx.pool), ctx.pool), None
-
-
-def spread_cells(y: Tensor, pool: Sequence[int]) -> Tensor:
-    """Each pooled token repeated over its cell (the pool divides the map): one copy."""
-    shape = [d for s, p in zip(y.shape[1:-1], pool) for d in (s, p)]
-    full = pooled_view(y).expand(y.shape[0], *shape, y.shape[-1])
-    return full.reshape(y.shape[0], *(s * p for s, p in zip(y.shape[1:-1], pool)), y.shape[-1])
+def sum_cells(x: Tensor, pool: Sequence[int], scale: float = 1.0) -> Tensor:
+    """scale * the sum over each cell (the pool divides the map): one op (kernels.cell_sum)."""
+    return cell_sum(x, pool, scale)
 
 
 def avg_pool_tokens(x: Tensor, pool: Tuple[int, ...]) -> Tensor:
     """Average-pool channels-last tokens (B, *S, C) by `pool` per axis (ceil mode)."""
     if divides(x.shape[1:-1], pool):
-        return _AvgPoolCells.apply(x, tuple(pool))
+        return cell_sum(x, pool, 1 / math.prod(pool))
     pool_fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.dim() - 3]
     return pool_fn(x.movedim(-1, 1), pool, pool, ceil_mode=True).movedim(1, -1)
 
