@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .pool import avg_pool_tokens, cell_view, pooled_view, repeat_tokens, sum_cells
+from nnunet_sss.kernels import cell_sum
+
+from .pool import avg_pool_tokens, cell_view, pooled_view, repeat_tokens
 from .shift import window_shift
 
 
@@ -86,7 +88,7 @@ class _ShiftMixProject(torch.autograd.Function):
         shifted = window_shift(z, starts)
         delta = z - shifted
         pooled = math.prod(pool) > 1
-        low = (sum_cells(shifted, pool, 1 / math.prod(pool)), sum_cells(delta, pool, 1 / math.prod(pool))) \
+        low = (cell_sum(shifted, pool, 1 / math.prod(pool)), cell_sum(delta, pool, 1 / math.prod(pool))) \
             if pooled else (shifted, delta)
         rows = {"full": (_rows(shifted), _rows(delta)), "low": tuple(_rows(t) for t in low)}
         outs = []
@@ -123,8 +125,8 @@ class _ShiftMixProject(torch.autograd.Function):
                 acc[key][1].addcmul_(grad_in, mix)
                 acc[key][0].add_(grad_in)
             else:
-                acc[key] = [None, grad_in * mix]
-                acc[key][0] = grad_in.to(acc[key][1].dtype)
+                through_x = grad_in * mix
+                acc[key] = [grad_in.to(through_x.dtype), through_x]
             param_grads += [grad_w.to(ctx.dtypes[1 + 2 * i]), grad_mix.to(ctx.dtypes[2 + 2 * i])]
         # mix * x + (1 - mix) * shift(x): x gets mix * g, shift(x) gets g - mix * g
         if "full" in acc:
@@ -189,7 +191,7 @@ class _GateProject(torch.autograd.Function):
             grad_w = _weight_grad(grad, _gated(s, y, pool))
             grad_g = grad @ w_o
         t = grad_g * s                                         # d loss / d (y repeated)
-        grad_y = sum_cells(t, pool) if math.prod(pool) > 1 else t
+        grad_y = cell_sum(t, pool)
         grad_r = torch.addcmul(t, t, s, value=-1)              # t (1 - s)
         grad_r = _gated(grad_r, y, pool)
         return grad_r.to(ctx.dtypes[0]), grad_y.to(ctx.dtypes[1]), grad_w.to(ctx.dtypes[2]), None

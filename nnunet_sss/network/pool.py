@@ -34,11 +34,6 @@ def pooled_view(y: Tensor) -> Tensor:
     return y.view(y.shape[0], *ones, y.shape[-1])
 
 
-def sum_cells(x: Tensor, pool: Sequence[int], scale: float = 1.0) -> Tensor:
-    """scale * the sum over each cell (the pool divides the map): one op (kernels.cell_sum)."""
-    return cell_sum(x, pool, scale)
-
-
 def avg_pool_tokens(x: Tensor, pool: Tuple[int, ...]) -> Tensor:
     """Average-pool channels-last tokens (B, *S, C) by `pool` per axis (ceil mode)."""
     if divides(x.shape[1:-1], pool):
