@@ -8,7 +8,7 @@ RWKV-SSS options from a preset (plans/presets.py). Pure dict work: no torch, no 
 """
 from typing import Mapping, Optional
 
-from .presets import NETWORK_DEFAULTS
+from .presets import DEFAULT_PRESET, NETWORK_DEFAULTS, preset_options
 
 RWKVSSS_CLASS_NAME = "nnunet_sss.RWKVSSSUNet"
 
@@ -29,6 +29,21 @@ RESENC_ONLY_KWARGS = ("n_blocks_per_stage", "block", "bottleneck_channels", "ste
 def is_rwkvsss(architecture: Mapping) -> bool:
     """True if a plans `architecture` entry already builds RWKVSSSUNet (any import path to it)."""
     return architecture["network_class_name"].rsplit(".", 1)[-1] == "RWKVSSSUNet"
+
+
+def architecture_dims(architecture: Mapping) -> int:
+    """2 or 3: the dimensionality of the network a plans `architecture` entry builds (from its kernels)."""
+    try:
+        return len(architecture["arch_kwargs"]["kernel_sizes"][0])
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"the plans architecture {architecture.get('network_class_name')!r} names no "
+                         f"kernel_sizes: cannot tell whether it is 2d or 3d") from None
+
+
+def preset_options_for(architecture: Mapping, size: str = DEFAULT_PRESET, **overrides) -> dict:
+    """Preset `size`'s options for the configuration that `architecture` describes (the default
+    preset's setting depends on 2d/3d, presets.DEFAULT_PRESET_BY_DIMS), `overrides` applied last."""
+    return preset_options(size, n_dims=architecture_dims(architecture), **overrides)
 
 
 def rwkvsss_options(architecture: Mapping) -> dict:

@@ -16,7 +16,7 @@ reuse nnUNetPlans' preprocessed data (same spacing): no second preprocessing for
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunet_sss.checks import UsageError
 
-from .architecture import rwkvsss_architecture
+from .architecture import preset_options_for, rwkvsss_architecture
 from .memory import MemoryCost, target_gib, training_cost, usable_bytes
-from .presets import MEMORY_PRESETS, preset_options
+from .presets import MEMORY_PRESETS
 
 SMALLEST_BATCH = 2  # nnU-Net's search asks whether two samples fit (UNet_min_batch_size)
 
@@ -49,16 +49,17 @@ class _NoSmallerPatch(Exception):
 
 
 class RWKVSSSPlanner(ExperimentPlanner):
-    """nnU-Net's ExperimentPlanner for RWKV-SSS with `options` (a preset's), sized to
-    `gpu_memory_target_in_gb` GiB of GPU memory."""
+    """nnU-Net's ExperimentPlanner for RWKV-SSS with the options `options_for` gives each
+    configuration (by default the default preset's, 2d or 3d), sized to `gpu_memory_target_in_gb`
+    GiB of GPU memory."""
 
     def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb: float = MEMORY_PRESETS["M"],
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetRWKVSSSPlans",
                  overwrite_target_spacing=None, suppress_transpose: bool = False,
-                 options: Optional[Mapping] = None):
+                 options_for: Optional[Callable[[Mapping], Mapping]] = None):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
-        self.options = dict(preset_options() if options is None else options)
+        self.options_for = preset_options_for if options_for is None else options_for
         self.usable = usable_bytes(gpu_memory_target_in_gb)
         # nnU-Net shrinks while estimate / reference batch x 2 > reference value x target / reference GB:
         # with the estimate in bytes per sample at batch 2, that is "two samples do not fit"
@@ -78,8 +79,8 @@ class RWKVSSSPlanner(ExperimentPlanner):
                        architecture: Mapping) -> MemoryCost:
         key = repr((list(patch_size), input_channels, output_channels, architecture))
         if key not in self._costs:
-            self._costs[key] = architecture_cost(architecture, self.options, patch_size, input_channels,
-                                                 output_channels)
+            self._costs[key] = architecture_cost(architecture, self.options_for(architecture), patch_size,
+                                                 input_channels, output_channels)
         return self._costs[key]
 
     def static_estimate_VRAM_usage(self, patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,

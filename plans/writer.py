@@ -9,17 +9,18 @@ planned afresh from the dataset's fingerprint instead, patch and batch sized to 
 """
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
 import sys
 from copy import deepcopy
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from nnunet_sss.checks import UsageError, dataset_folder, nnunet_folder, read_json
 
-from .architecture import rwkvsss_architecture
+from .architecture import preset_options_for, rwkvsss_architecture
 from .presets import DEFAULT_PRESET, MEMORY_PRESETS, NETWORK_DEFAULTS, PRESETS, preset_options
 
 NNUNET_PLANS = "nnUNetPlans"  # nnU-Net's own plans: its baseline's, never replaced
@@ -36,13 +37,26 @@ def memory_plans_name(size: str, target_gb: float) -> str:
     return f"nnUNetRWKVSSSPlans_{size}_{target_gb:g}GB"
 
 
-def rwkvsss_plans(plans: Mapping, plans_name: str, options: Mapping) -> dict:
-    """A copy of `plans` named `plans_name` in which every architecture builds RWKV-SSS."""
+OptionsFor = Callable[[Mapping], Mapping]  # a configuration's architecture entry -> its RWKV-SSS options
+
+
+def size_options(size: str = DEFAULT_PRESET, overrides: Optional[Mapping] = None) -> OptionsFor:
+    """The options of size preset `size` with `overrides`, per configuration (2d or 3d): checked
+    once here, so that an unknown size or option is refused before any configuration is built."""
+    overrides = dict(overrides or {})
+    preset_options(size, **overrides)
+    return functools.partial(preset_options_for, size=size, **overrides)
+
+
+def rwkvsss_plans(plans: Mapping, plans_name: str, options_for: OptionsFor) -> dict:
+    """A copy of `plans` named `plans_name` in which every architecture builds RWKV-SSS with the
+    options that `options_for` gives for it."""
     new = deepcopy(dict(plans))
     new["plans_name"] = plans_name
     for configuration in new["configurations"].values():
         if "architecture" in configuration:  # inheriting configurations take their parent's
-            configuration["architecture"] = rwkvsss_architecture(configuration["architecture"], options)
+            architecture = configuration["architecture"]
+            configuration["architecture"] = rwkvsss_architecture(architecture, options_for(architecture))
     return new
 
 
@@ -69,7 +83,7 @@ def write_rwkvsss_plans(dataset: str, source_plans: str = NNUNET_PLANS, plans_na
     if not isinstance(plans.get("configurations"), dict):
         raise UsageError(f"{source_file} holds no 'configurations': not nnU-Net plans")
     try:
-        new = rwkvsss_plans(plans, plans_name, preset_options(size, **dict(overrides or {})))
+        new = rwkvsss_plans(plans, plans_name, size_options(size, overrides))
     except ValueError as error:  # an unknown size or option, or an architecture RWKV-SSS cannot take
         raise UsageError(f"{source_file}: {error}") from None
     _check_networks_build(new, dict(overrides or {}), source_file)
@@ -92,12 +106,12 @@ def write_gpu_memory_plans(dataset: str, target_gb: float, plans_name: Optional[
     if not raw_json.is_file():
         raise UsageError(f"no {raw_json}: the planner reads the raw dataset as nnUNetv2_plan_and_preprocess does; "
                          f"point nnUNet_raw at the folder that holds {folder.name}")
-    options = preset_options(size, **dict(overrides or {}))
+    options_for = size_options(size, overrides)
     plans_name = plans_name or memory_plans_name(size, target_gb)
     target = _new_plans_file(folder, plans_name, overwrite, memory_plans_name(size, target_gb))
 
     from .planner import RWKVSSSPlanner  # nnU-Net's planner: imported only when planning
-    planner = RWKVSSSPlanner(folder.name, target_gb, plans_name=plans_name, options=options)
+    planner = RWKVSSSPlanner(folder.name, target_gb, plans_name=plans_name, options_for=options_for)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints every configuration it plans
             planner.plan_experiment()
@@ -107,7 +121,7 @@ def write_gpu_memory_plans(dataset: str, target_gb: float, plans_name: Optional[
         given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in overrides.items())
         raise UsageError(f"{given}: the network refuses it for the plans of {folder.name} ({error}); see the "
                          f"options in docs/ARCHITECTURE.md") from None
-    _save(target, rwkvsss_plans(planner.plans, plans_name, options))
+    _save(target, rwkvsss_plans(planner.plans, plans_name, options_for))
     return str(target)
 
 
@@ -149,7 +163,7 @@ def _check_networks_build(plans: Mapping, overrides: Mapping, source_file: Path)
         except (TypeError, ValueError) as error:
             if not overrides:
                 raise
-            defaults = rwkvsss_plans(plans, plans["plans_name"], {k: NETWORK_DEFAULTS[k] for k in overrides})
+            defaults = rwkvsss_plans(plans, plans["plans_name"], lambda _: {k: NETWORK_DEFAULTS[k] for k in overrides})
             _build_on_meta(PlansManager(defaults).get_configuration(name))
             given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in overrides.items())
             raise UsageError(f"{given}: the network refuses it for configuration {name} of {source_file} "

@@ -236,6 +236,21 @@ class RWKVSSSUNet(AbstractDynamicNetworkArchitectures):
         self._check_size(x.shape[2:], "input spatial size")
         return self.decoder(self.encoder(x))
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, with a mismatch named for what it almost always is: weights trained with other
+        RWKV-SSS options than the plans now state (a model from before its options were pinned
+        into its results folder's plans.json: docs/workflow.md, "Models trained before")."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as error:
+            stated = ", ".join(f"{k}={self.options[k]}" for k in ("rwkv_first_stage", "hidden_ratio", "rwkv_depths",
+                                                                   "use_rwkv", "block_placement"))
+            raise RuntimeError(
+                f"these weights do not fit the RWKV-SSS network the plans build ({stated}): they were trained with "
+                f"other RWKV-SSS options. A 2d model trained from nnU-Net's own plans before the 2d default "
+                f"became rwkv_first_stage=1, hidden_ratio=1 has the design's defaults (0 and 2): state them in "
+                f"its results folder's plans.json (docs/workflow.md, \"Models trained before\").\n{error}") from None
+
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Activations of one sample for nnU-Net's planners, in PlainConvUNet's units.
 

@@ -6,6 +6,7 @@ prediction - is nnU-Net's own. The network is built from whatever the configurat
 say (2d, 3d_fullres, 3d_lowres, cascade; PlainConvUNet-, ResEnc- or RWKV-SSS-style entries)
 through nnU-Net's get_network_from_plans, so prediction rebuilds it the same way.
 """
+from copy import deepcopy
 from types import MappingProxyType
 
 import torch
@@ -13,7 +14,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_sss.plans import DEFAULT_PRESET, is_rwkvsss, preset_options, rwkvsss_architecture
+from nnunet_sss.plans import DEFAULT_PRESET, is_rwkvsss, preset_options_for, rwkvsss_architecture
 
 from .optim import WarmupPolyLRScheduler, adamw_param_groups
 
@@ -66,11 +67,28 @@ class nnUNetTrainerRWKVSSS(AdamWWarmupMixin, nnUNetTrainer):
     network_preset = DEFAULT_PRESET          # options used when the plans are not RWKV-SSS plans
     network_overrides = MappingProxyType({})  # set by ablation variants, win over plans and preset
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pin_network_options()
+
+    def pin_network_options(self) -> None:
+        """State every RWKV-SSS option of the trained configuration in the trainer's plans, which
+        nnU-Net saves as the results folder's plans.json and its predictor rebuilds the network
+        from: a model predicts with the network it was trained with, whatever later versions make
+        the default. The caller's plans are not changed."""
+        plans = deepcopy(self.plans_manager.plans)
+        plans["configurations"][self.configuration_name]["architecture"] = \
+            self.network_architecture(self.configuration_manager)
+        self.plans_manager = PlansManager(plans)
+        self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
+
     @classmethod
     def network_options(cls, architecture: dict) -> dict:
         """RWKV-SSS options for a plans entry: the plans' own if they already build RWKV-SSS,
-        else the class's preset; then the class's overrides."""
-        base = {} if is_rwkvsss(architecture) else preset_options(cls.network_preset)
+        else the class's preset (for the default preset, its 2d or 3d setting); then the class's
+        overrides."""
+        base = {} if is_rwkvsss(architecture) else preset_options_for(architecture, cls.network_preset)
         return {**base, **cls.network_overrides}
 
     @classmethod

@@ -95,11 +95,11 @@ def test_plans_fit_their_gpu_with_the_largest_batch(sized_plans):
     """Each configuration's estimated training memory fits the target's usable memory, and one
     more sample would not; the plans build RWKV-SSS with the preset's options and reuse nnU-Net's
     preprocessed data for 2d and 3d_fullres."""
-    options = json.loads(json.dumps(preset_options()))
     for gb, plans in sized_plans.items():
         assert plans["plans_name"] == f"nnUNetRWKVSSSPlans_S_{gb}GB"
         for name, conf in plans["configurations"].items():
             arch = conf["architecture"]
+            options = json.loads(json.dumps(preset_options(n_dims=len(conf["patch_size"]))))  # 2d: its own setting
             assert arch["network_class_name"] == RWKVSSS_CLASS_NAME and rwkvsss_options(arch) == options
             assert conf["data_identifier"] == f"nnUNetPlans_{name}"
             cost = architecture_cost(arch, {}, conf["patch_size"], 1, 3)

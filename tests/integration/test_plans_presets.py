@@ -10,7 +10,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 import nnunet_sss
 from nnunet_sss.checks import UsageError
 from nnunet_sss.cli import main
-from nnunet_sss.plans import (NETWORK_DEFAULTS, PRESETS, RWKVSSS_CLASS_NAME, preset_options,
+from nnunet_sss.plans import (NETWORK_DEFAULTS, PRESETS, RWKVSSS_CLASS_NAME, preset_options, preset_options_for,
                               rwkvsss_architecture, rwkvsss_options)
 from nnunet_sss.plans import writer
 from nnunet_sss.plans.architecture import SHARED_KWARGS
@@ -29,6 +29,20 @@ def test_presets_state_every_option_and_differ():
         preset_options("XL")
     with pytest.raises(ValueError, match="windoww"):
         preset_options("S", windoww=3)
+
+
+def test_the_default_preset_takes_its_measured_setting_per_dimensionality():
+    """Only the default preset depends on 2d/3d, the user's overrides win over it, and a
+    dimensionality other than 2 or 3 is refused by name."""
+    assert preset_options(n_dims=3) == preset_options() == dict(PRESETS["S"])
+    assert preset_options(n_dims=2) == {**PRESETS["S"], "rwkv_first_stage": 1, "hidden_ratio": 1}
+    assert preset_options(n_dims=2, hidden_ratio=2)["hidden_ratio"] == 2
+    assert preset_options("M", n_dims=2) == preset_options("M", n_dims=3) == dict(PRESETS["M"])
+    with pytest.raises(ValueError, match="n_dims must be 2 or 3"):
+        preset_options(n_dims=4)
+    with pytest.raises(ValueError, match="cannot tell whether it is 2d or 3d"):
+        preset_options_for({"network_class_name": "X", "arch_kwargs": {}})
+    assert preset_options_for(plain_architecture(2, [(1, 1), (2, 2)])) == preset_options(n_dims=2)
 
 
 def test_network_defaults_are_the_networks_own(rwkvsss_network):
@@ -146,6 +160,31 @@ def test_size_flag_and_the_old_preset_s_spelling(tmp_path, monkeypatch, capsys):
     plans = json.loads((folder / "nnUNetPlans_RWKVSSS_L.json").read_text())
     assert rwkvsss_options(plans["configurations"]["3d_fullres"]["architecture"]) == \
         json.loads(json.dumps(preset_options("L")))
+
+
+def test_default_size_writes_each_configurations_measured_setting(tmp_path, monkeypatch, capsys):
+    """`nnunet-sss plans -d 4`: 2d gets the default preset's measured 2d setting, 3d the design's
+    defaults; --set wins over both, so the design's defaults stay one command away in 2d; a size
+    other than the default is the same in 2d and 3d."""
+    folder = tmp_path / "Dataset004_Hippocampus"
+    folder.mkdir()
+    (folder / "nnUNetPlans.json").write_text(json.dumps(handwritten_plans()))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+
+    def options(name, configuration):
+        plans = json.loads((folder / f"{name}.json").read_text())
+        return rwkvsss_options(plans["configurations"][configuration]["architecture"])
+
+    assert main(["plans", "-d", "4"]) == 0
+    assert (options("nnUNetPlans_RWKVSSS_S", "2d")["rwkv_first_stage"],
+            options("nnUNetPlans_RWKVSSS_S", "2d")["hidden_ratio"]) == (1, 1)
+    for configuration in ("3d_fullres", "3d_lowres", "3d_resenc"):
+        assert options("nnUNetPlans_RWKVSSS_S", configuration) == json.loads(json.dumps(dict(PRESETS["S"])))
+    assert main(["plans", "-d", "4", "-o", "design", "--set", "rwkv_first_stage=0", "--set", "hidden_ratio=2"]) == 0
+    assert options("design", "2d") == options("design", "3d_fullres") == json.loads(json.dumps(dict(PRESETS["S"])))
+    assert main(["plans", "-d", "4", "--size", "M"]) == 0
+    assert options("nnUNetPlans_RWKVSSS_M", "2d") == options("nnUNetPlans_RWKVSSS_M", "3d_fullres")
+    capsys.readouterr()
 
 
 def test_plans_writer_refuses_missing_plans_and_overwriting(tmp_path):

@@ -11,7 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_sss.plans import preset_options, rwkvsss_options
+from nnunet_sss.plans import DEFAULT_PRESET_BY_DIMS, PRESETS, preset_options, rwkvsss_options
 from nnunet_sss.training import (ABLATIONS, SCHEDULES, TRAINERS, nnUNetTrainerAdamWWarmup, nnUNetTrainerRWKVSSS,
                                  nnUNetTrainerRWKVSSS_SGD)
 from nnunet_sss.training.optim import WarmupPolyLRScheduler, adamw_param_groups, warmup_poly_lr
@@ -43,9 +43,16 @@ def test_builds_rwkvsss_for_every_kind_of_configuration(configuration, rwkvsss_n
         assert network(x).shape == (1, 3, *conf.patch_size)
 
 
-def test_default_trainer_uses_the_default_preset():
-    _, conf, _ = _build(nnUNetTrainerRWKVSSS, "3d_fullres")
-    assert rwkvsss_options(nnUNetTrainerRWKVSSS.network_architecture(conf)) == json.loads(json.dumps(preset_options()))
+@pytest.mark.parametrize("configuration, n_dims", [("2d", 2), ("3d_fullres", 3), ("3d_lowres", 3)])
+def test_default_trainer_uses_the_default_presets_setting_for_its_dimensionality(configuration, n_dims):
+    """Stock plans, no -p: 2d builds the measured 2d setting, 3d the design's defaults."""
+    _, conf, _ = _build(nnUNetTrainerRWKVSSS, configuration)
+    options = rwkvsss_options(nnUNetTrainerRWKVSSS.network_architecture(conf))
+    assert options == json.loads(json.dumps(preset_options(n_dims=n_dims)))
+    expected = {**PRESETS["S"], **DEFAULT_PRESET_BY_DIMS.get(n_dims, {})}
+    assert (options["rwkv_first_stage"], options["hidden_ratio"]) == \
+        (expected["rwkv_first_stage"], expected["hidden_ratio"])
+    assert (options["rwkv_first_stage"], options["hidden_ratio"]) == ((1, 1) if n_dims == 2 else (0, 2))
 
 
 @pytest.mark.parametrize("suffix", sorted(ABLATIONS))
@@ -151,6 +158,48 @@ def test_long_schedule_checkpoints_for_resume(results_env):
     trainer = _trainer(nnUNetTrainerRWKVSSS, "3d_fullres")
     assert trainer.num_epochs == 1000 and trainer.save_every == 50
     assert not trainer.disable_checkpointing
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerRWKVSSS", "nnUNetTrainerRWKVSSS_cpubudget",
+                                  "nnUNetTrainerRWKVSSS_noShift_cpubudget"])
+def test_trainer_pins_its_network_into_the_plans_nnunet_saves(name, results_env, rwkvsss_network):
+    """The plans the trainer keeps (nnU-Net saves them as the results folder's plans.json, and its
+    predictor rebuilds from them) state every option of the network trained, so a later default
+    cannot change what a trained model rebuilds into; the plans handed in stay as they were."""
+    trainer_class = TRAINERS[name]
+    plans = handwritten_plans()
+    plans["continue_training"] = False
+    trainer = _trainer(trainer_class, "2d", plans)
+    assert plans["configurations"]["2d"]["architecture"]["network_class_name"].endswith("PlainConvUNet")
+    saved = deepcopy(trainer.plans_manager.plans)
+    trained = rwkvsss_options(saved["configurations"]["2d"]["architecture"])
+    assert trained == rwkvsss_options(trainer_class.network_architecture(_build(trainer_class, "2d")[1]))
+    assert (trained["rwkv_first_stage"], trained["hidden_ratio"]) == (1, 1)
+    # another default later (here: preset M for plans that are not RWKV-SSS's) rebuilds the same network
+    later = type("Later", (trainer_class,), {"network_preset": "M"})
+    manager = PlansManager(saved)
+    network = later.build_network_architecture(manager, manager.get_configuration("2d"), 1, 3, True)
+    assert type(network) is rwkvsss_network and network.options == trainer.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, 1, 3, True).options
+    assert rwkvsss_options(later.network_architecture(PlansManager(handwritten_plans()).get_configuration("2d"))) \
+        != trained  # (the stock plans would have changed)
+
+
+def test_weights_of_other_options_are_refused_naming_the_cause():
+    """A 2d model trained from stock plans before the 2d default changed (the design's defaults)
+    does not load into today's default network: the error says so and what to state; the network
+    with the design's defaults stated loads it."""
+    design = {**preset_options(n_dims=3)}
+    old, conf, _ = _build(type("Design", (nnUNetTrainerRWKVSSS,), {"network_overrides": design}), "2d")
+    new, _, _ = _build(nnUNetTrainerRWKVSSS, "2d")
+    with pytest.raises(RuntimeError, match=r"trained with other RWKV-SSS options.*rwkv_first_stage=1, "
+                                           r"hidden_ratio=1 has the design's defaults"):
+        new.load_state_dict(old.state_dict())
+    stated = PlansManager(handwritten_plans())
+    stated.plans["configurations"]["2d"]["architecture"] = nnUNetTrainerRWKVSSS.network_architecture(conf)
+    stated.plans["configurations"]["2d"]["architecture"]["arch_kwargs"].update(rwkv_first_stage=0, hidden_ratio=2)
+    rebuilt = nnUNetTrainerRWKVSSS.build_network_architecture(stated, stated.get_configuration("2d"), 1, 3, True)
+    rebuilt.load_state_dict(old.state_dict())
 
 
 def test_adamw_groups_exempt_norms_biases_and_bare_parameters():
